@@ -1,0 +1,14 @@
+"""clusterfusion: fused CUDA kernels for batch-1 decoding of Pythia (GPT-NeoX) models.
+
+The operators live in ``torch.ops.clusterfusion`` once this package is imported;
+the functions below are their documented Python entry points. The HuggingFace
+integration is in :mod:`clusterfusion.hf` (imported on demand, needs transformers).
+"""
+
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from . import _C  # noqa: F401  (registers torch.ops.clusterfusion.*)
+from .ops import MAX_FUSED_ROWS, mlp_down_residual, pythia_2b8_mlp_only, pythia_6b9_mlp_only
+
+__all__ = ["mlp_down_residual", "pythia_2b8_mlp_only", "pythia_6b9_mlp_only", "MAX_FUSED_ROWS"]
+__version__ = "0.1.0"

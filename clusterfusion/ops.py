@@ -1,0 +1,116 @@
+"""Python wrappers of the ``torch.ops.clusterfusion`` operators.
+
+Every function here is a thin, documented front for one registered operator, so
+the same call works eagerly, under ``torch.compile`` and inside CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["mlp_down_residual", "pythia_2b8_mlp_only", "pythia_6b9_mlp_only", "MAX_FUSED_ROWS"]
+
+#: Rows (tokens decoded together) served by the fused kernel; more go to cuBLAS.
+MAX_FUSED_ROWS = 16
+
+
+def mlp_down_residual(
+    hidden_states: torch.Tensor,
+    attn_output: torch.Tensor,
+    mlp_intermediate: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """MLP down projection fused with its bias and GPT-NeoX's parallel residual.
+
+    Computes ``hidden_states + attn_output + mlp_intermediate @ weight.T + bias``
+    with fp32 accumulation and a single rounding to the input dtype.
+
+    Args:
+        hidden_states: ``[..., hidden]``, the layer's input (first residual).
+        attn_output: same shape as ``hidden_states`` (second residual).
+        mlp_intermediate: ``[ffn]`` or ``[..., ffn]`` with as many rows as
+            ``hidden_states``: the MLP's up projection after GELU.
+        weight: ``[hidden, ffn]``, exactly as HuggingFace stores
+            ``layer.mlp.dense_4h_to_h.weight`` (not transposed).
+        bias: ``[hidden]`` or ``None``.
+
+    Returns:
+        A new tensor shaped like ``hidden_states``.
+
+    Supported inputs:
+        * CUDA, compute capability 9.0 (H100/H200) or 12.0 (RTX 5090), fp16 or
+          bf16. ``ffn`` must be a multiple of 8 and the weight's rows unit-stride
+          and 16-byte aligned (any ``hidden``). Up to ``MAX_FUSED_ROWS`` rows run
+          in the fused kernel (the weight is streamed once for all rows); more
+          rows run as cuBLAS ``linear`` plus two adds.
+        * CPU, fp32, fp16 or bf16: an ATen reference (``linear`` plus two adds).
+
+    Raises:
+        ValueError: wrong shapes, mixed devices, or a weight layout the kernel
+            cannot stream.
+        TypeError: mixed or unsupported dtypes.
+        RuntimeError: a GPU this build has no code for.
+    """
+    return torch.ops.clusterfusion.mlp_down_residual(
+        hidden_states, attn_output, mlp_intermediate, weight, bias
+    )
+
+
+def pythia_2b8_mlp_only(
+    hidden_states: torch.Tensor,
+    attn_output: torch.Tensor,
+    mlp_intermediate: torch.Tensor,
+    mlp_down_weight: torch.Tensor,
+    mlp_down_bias: torch.Tensor,
+) -> torch.Tensor:
+    """Pythia-2.8B's MLP down projection plus residuals (the seed project's API).
+
+    Returns ``hidden_states + attn_output + mlp_intermediate @ mlp_down_weight.T
+    + mlp_down_bias``.
+
+    ``mlp_down_weight`` is ``[2560, 10240]`` = ``[hidden, ffn]``: pass
+    ``layer.mlp.dense_4h_to_h.weight`` as HuggingFace stores it, not its
+    transpose. ``hidden_states`` and ``attn_output`` are ``[1, 2560]`` (or
+    ``[..., 2560]``), ``mlp_intermediate`` is ``[10240]`` (or ``[..., 10240]``),
+    ``mlp_down_bias`` is ``[2560]``. See :func:`mlp_down_residual` for dtypes,
+    devices and errors; a weight of another shape raises ``ValueError``.
+    """
+    return torch.ops.clusterfusion.pythia_2b8_mlp_only(
+        hidden_states, attn_output, mlp_intermediate, mlp_down_weight, mlp_down_bias
+    )
+
+
+def pythia_6b9_mlp_only(
+    hidden_states: torch.Tensor,
+    attn_output: torch.Tensor,
+    mlp_intermediate: torch.Tensor,
+    mlp_down_weight: torch.Tensor,
+    mlp_down_bias: torch.Tensor,
+) -> torch.Tensor:
+    """Pythia-6.9B's MLP down projection plus residuals.
+
+    As :func:`pythia_2b8_mlp_only` with ``mlp_down_weight`` of shape
+    ``[4096, 16384]`` = ``[hidden, ffn]`` (``layer.mlp.dense_4h_to_h.weight``).
+    """
+    return torch.ops.clusterfusion.pythia_6b9_mlp_only(
+        hidden_states, attn_output, mlp_intermediate, mlp_down_weight, mlp_down_bias
+    )
+
+
+@torch.library.register_fake("clusterfusion::mlp_down_residual")
+def _mlp_down_residual_fake(hidden_states, attn_output, mlp_intermediate, weight, bias):
+    torch._check(weight.dim() == 2, lambda: f"weight must be 2-D [hidden, ffn]; got {tuple(weight.shape)}")
+    torch._check(
+        hidden_states.shape[-1] == weight.shape[0],
+        lambda: f"hidden_states must be [..., {weight.shape[0]}]; got {tuple(hidden_states.shape)}",
+    )
+    torch._check(
+        attn_output.shape == hidden_states.shape,
+        lambda: f"attn_output must match hidden_states {tuple(hidden_states.shape)}; got {tuple(attn_output.shape)}",
+    )
+    torch._check(
+        mlp_intermediate.shape[-1] == weight.shape[1],
+        lambda: f"mlp_intermediate must be [..., {weight.shape[1]}]; got {tuple(mlp_intermediate.shape)}",
+    )
+    return torch.empty_like(hidden_states, memory_format=torch.contiguous_format)

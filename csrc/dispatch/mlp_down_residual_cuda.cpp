@@ -1,0 +1,224 @@
+// CUDA backend of clusterfusion::mlp_down_residual: argument checks, the launch
+// plan chosen from the device's properties, cached tensor maps, and the launch
+// on PyTorch's current stream (no host synchronization, no allocation besides
+// the output, so it is safe inside CUDA-graph capture).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "checks.h"
+#include "reference.h"
+#include "tensor_map.h"
+#include "../kernels/mlp_down_residual.h"
+
+#ifndef CLUSTERFUSION_CUDA_ARCHS
+#define CLUSTERFUSION_CUDA_ARCHS unknown
+#endif
+#define CLUSTERFUSION_STRINGIFY_(x) #x
+#define CLUSTERFUSION_STRINGIFY(x) CLUSTERFUSION_STRINGIFY_(x)
+
+namespace clusterfusion {
+namespace {
+
+using mlp_down::LaunchPlan;
+using mlp_down::ScalarKind;
+using mlp_down::Tile;
+
+constexpr const char* kOp = "clusterfusion.mlp_down_residual";
+constexpr const char* kBuildArchs = CLUSTERFUSION_STRINGIFY(CLUSTERFUSION_CUDA_ARCHS);
+
+bool env_flag(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  return !(v[0] == '0' && v[1] == '\0');
+}
+
+// Programmatic dependent launch: on by default; CLUSTERFUSION_PDL=0 turns it off.
+bool use_programmatic_launch() {
+  static const bool enabled = env_flag("CLUSTERFUSION_PDL", true);
+  return enabled;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+void check_device_supported(const at::Tensor& weight, ScalarKind kind, int mma_tiles,
+                            size_t smem_limit) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(weight.device().index());
+  TORCH_CHECK(prop->major >= 9, kOp, ": ", weight.device(), " (", prop->name,
+              ") has compute capability ", prop->major, ".", prop->minor,
+              "; the kernel needs TMA and thread-block clusters (9.0 or newer). This build "
+              "targets: ", kBuildArchs);
+  const cudaError_t err = mlp_down::configure_kernel(kind, mma_tiles, smem_limit);
+  if (err == cudaErrorNoKernelImageForDevice || err == cudaErrorInvalidDeviceFunction) {
+    (void)cudaGetLastError();
+    TORCH_CHECK(false, kOp, ": this build of clusterfusion has no code for ", weight.device(), " (",
+                prop->name, ", compute capability ", prop->major, ".", prop->minor,
+                "); it targets ", kBuildArchs,
+                ". Rebuild with CLUSTERFUSION_CUDA_ARCHS naming this GPU (e.g. \"", prop->major,
+                prop->minor, "a\").");
+  }
+  C10_CUDA_CHECK(err);
+}
+
+// Picks block_n (weight rows per cluster), the cluster size (CTAs splitting the
+// reduction) and the pipeline depth for one problem on one device. The cost of
+// a plan is the bytes the busiest CTA moves into shared memory times the number
+// of waves of clusters the device can hold at once (queried, not assumed), so
+// the choice follows the SM count, the GPC layout and the shared memory size.
+LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles, int64_t hidden,
+                       int64_t ffn) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(weight.device().index());
+  const size_t smem_limit = prop->sharedMemPerBlockOptin;
+  check_device_supported(weight, kind, mma_tiles, smem_limit);
+
+  const int64_t k_chunks = ceil_div(ffn, Tile::kChunkK);
+  const int64_t widest = std::min<int64_t>(Tile::kMaxBlockN, ceil_div(hidden, Tile::kWarpRows) * Tile::kWarpRows);
+  LaunchPlan best;
+  double best_cost = 0;
+  for (int cluster = 1; cluster <= Tile::kMaxClusterSize && cluster <= k_chunks; ++cluster) {
+    const int64_t chunks = ceil_div(k_chunks, cluster);
+    for (int64_t block_n = widest; block_n >= Tile::kMinBlockN; block_n -= Tile::kWarpRows) {
+      int stages = Tile::kMaxStages;
+      while (stages >= Tile::kMinStages &&
+             mlp_down::smem_bytes(block_n, mma_tiles, stages) > smem_limit) {
+        --stages;
+      }
+      if (stages < Tile::kMinStages) continue;
+      stages = static_cast<int>(std::min<int64_t>(stages, chunks));
+      LaunchPlan plan;
+      plan.block_n = static_cast<int>(block_n);
+      plan.cluster_size = cluster;
+      plan.row_tiles = static_cast<int>(ceil_div(hidden, block_n));
+      plan.chunks_per_cta = static_cast<int>(chunks);
+      plan.stages = stages;
+      plan.threads = 32 * (1 + plan.block_n / Tile::kWarpRows);
+      plan.smem_bytes = mlp_down::smem_bytes(plan.block_n, mma_tiles, stages);
+      int resident = 0;
+      C10_CUDA_CHECK(mlp_down::max_active_clusters(kind, mma_tiles, cluster, plan.threads,
+                                                   plan.smem_bytes, &resident));
+      if (resident <= 0) continue;
+      const double waves = static_cast<double>(ceil_div(plan.row_tiles, resident));
+      const double cost = waves * static_cast<double>(chunks) *
+                          static_cast<double>(mlp_down::stage_bytes(plan.block_n, mma_tiles));
+      // Exact ties go to the smaller cluster, then the wider tile (loop order).
+      if (best.block_n == 0 || cost < best_cost) {
+        best = plan;
+        best_cost = cost;
+      }
+    }
+  }
+  TORCH_CHECK(best.block_n != 0, kOp, ": no launch configuration fits ", weight.device(), " (",
+              prop->name, ", ", smem_limit, " bytes of shared memory per block)");
+  if (env_flag("CLUSTERFUSION_VERBOSE", false)) {
+    std::fprintf(stderr,
+                 "[clusterfusion] %s: hidden=%lld ffn=%lld mma_tiles=%d -> block_n=%d cluster=%d "
+                 "grid=(%d,%d) chunks/cta=%d stages=%d threads=%d smem=%zu\n",
+                 prop->name, static_cast<long long>(hidden), static_cast<long long>(ffn), mma_tiles,
+                 best.block_n, best.cluster_size, best.cluster_size, best.row_tiles,
+                 best.chunks_per_cta, best.stages, best.threads, best.smem_bytes);
+  }
+  return best;
+}
+
+const LaunchPlan& plan_for(const at::Tensor& weight, ScalarKind kind, int mma_tiles, int64_t hidden,
+                           int64_t ffn) {
+  using Key = std::tuple<int, int, int, int64_t, int64_t>;
+  static std::mutex mutex;
+  static std::map<Key, LaunchPlan> plans;
+  const Key key{weight.device().index(), static_cast<int>(kind), mma_tiles, hidden, ffn};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = plans.find(key);
+  if (it == plans.end()) {
+    it = plans.emplace(key, choose_plan(weight, kind, mma_tiles, hidden, ffn)).first;
+  }
+  return it->second;
+}
+
+void check_cuda_args(const at::Tensor& weight, int64_t ffn) {
+  TORCH_CHECK_VALUE(weight.is_cuda(), kOp, ": argument 'weight' must be a CUDA tensor; got ",
+                    weight.device());
+  const int64_t elem = weight.element_size();
+  TORCH_CHECK_VALUE(ffn % (16 / elem) == 0, kOp, ": ffn = weight.shape[1] must be a multiple of ",
+                    16 / elem, " (16-byte rows for the Tensor Memory Accelerator); got ", ffn);
+  TORCH_CHECK_VALUE(weight.stride(1) == 1, kOp,
+                    ": argument 'weight' must have unit stride along ffn (dim 1); got strides ",
+                    weight.strides(), ". Pass the weight as stored, not transposed.");
+  TORCH_CHECK_VALUE((weight.stride(0) * elem) % 16 == 0, kOp,
+                    ": argument 'weight' must have a row stride that is a multiple of 16 bytes; got ",
+                    weight.stride(0) * elem, " bytes");
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0, kOp,
+                    ": argument 'weight' must start at a 16-byte aligned address; got ",
+                    weight.data_ptr(), " (a view with an odd storage offset?)");
+}
+
+CUtensorMapDataType tma_dtype(ScalarKind kind) {
+  return kind == ScalarKind::kHalf ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+}
+
+at::Tensor mlp_down_residual_cuda(const at::Tensor& hidden_states, const at::Tensor& attn_output,
+                                  const at::Tensor& mlp_intermediate, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias) {
+  const MlpDownShape shape =
+      check_mlp_down_residual_args(hidden_states, attn_output, mlp_intermediate, weight, bias);
+  check_dtype_allowed(weight, {at::kHalf, at::kBFloat16}, "CUDA");
+  check_cuda_args(weight, shape.ffn);
+  const c10::cuda::CUDAGuard guard(weight.device());
+
+  if (shape.rows > Tile::kMaxInputRows) {
+    return mlp_down_residual_reference(hidden_states, attn_output, mlp_intermediate, weight, bias);
+  }
+  at::Tensor out = at::empty_like(hidden_states, at::MemoryFormat::Contiguous);
+  if (shape.rows == 0) return out;
+
+  const at::Tensor hidden = hidden_states.contiguous();
+  const at::Tensor attn = attn_output.contiguous();
+  at::Tensor x = mlp_intermediate.reshape({shape.rows, shape.ffn}).contiguous();
+  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0) x = x.clone();  // TMA needs 16-byte alignment
+  const std::optional<at::Tensor> b =
+      bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+
+  const ScalarKind kind = weight.scalar_type() == at::kHalf ? ScalarKind::kHalf : ScalarKind::kBFloat16;
+  const int mma_tiles = mlp_down::mma_tiles_for_rows(static_cast<int>(shape.rows));
+  const LaunchPlan& plan = plan_for(weight, kind, mma_tiles, shape.hidden, shape.ffn);
+
+  const int64_t elem = weight.element_size();
+  const CUtensorMap weight_map = tiled_tensor_map(
+      {weight.data_ptr(), tma_dtype(kind), static_cast<uint64_t>(shape.ffn),
+       static_cast<uint64_t>(shape.hidden), static_cast<uint64_t>(weight.stride(0) * elem),
+       Tile::kChunkK, static_cast<uint32_t>(plan.block_n), CU_TENSOR_MAP_SWIZZLE_128B});
+  const CUtensorMap input_map = tiled_tensor_map(
+      {x.data_ptr(), tma_dtype(kind), static_cast<uint64_t>(shape.ffn),
+       static_cast<uint64_t>(shape.rows), static_cast<uint64_t>(shape.ffn * elem), Tile::kChunkK,
+       static_cast<uint32_t>(mlp_down::input_rows_padded(mma_tiles)), CU_TENSOR_MAP_SWIZZLE_128B});
+
+  mlp_down::Params params{};
+  params.hidden_states = hidden.data_ptr();
+  params.attn_output = attn.data_ptr();
+  params.bias = b.has_value() ? b->data_ptr() : nullptr;
+  params.out = out.data_ptr();
+  params.rows = static_cast<int>(shape.rows);
+  params.n = static_cast<int>(shape.hidden);
+  params.k_chunks = static_cast<int>(ceil_div(shape.ffn, Tile::kChunkK));
+  params.chunks_per_cta = plan.chunks_per_cta;
+  params.block_n = plan.block_n;
+  params.stages = plan.stages;
+
+  C10_CUDA_CHECK(mlp_down::launch(kind, mma_tiles, weight_map, input_map, params, plan,
+                                  use_programmatic_launch(), at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) { m.impl("mlp_down_residual", &mlp_down_residual_cuda); }
+
+}  // namespace clusterfusion

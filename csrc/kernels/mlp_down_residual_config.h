@@ -1,0 +1,75 @@
+// Compile-time tile constants and the run-time parameter block of the fused
+// MLP-down + residual kernel. Shared by host dispatch and device code, so it
+// includes nothing from torch.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace clusterfusion::mlp_down {
+
+// One pipeline stage holds a [block_n x kChunkK] weight tile and the matching
+// [rows x kChunkK] slice of the input rows. kChunkK * 2 bytes = 128 bytes is the
+// span of the TMA 128-byte swizzle, which makes the ldmatrix reads of both tiles
+// bank-conflict free.
+struct Tile {
+  static constexpr int kChunkK = 64;             // reduction elements per stage
+  static constexpr int kChunkBytes = 128;        // kChunkK 16-bit elements
+  static constexpr int kWarpRows = 16;           // weight rows per consumer warp (mma M)
+  static constexpr int kMinBlockN = 16;
+  static constexpr int kMaxBlockN = 256;         // TMA box dimensions are at most 256
+  static constexpr int kRowsPerMmaTile = 8;      // input rows per mma N-tile
+  static constexpr int kMaxInputRows = 16;       // two mma N-tiles; more rows go to cuBLAS
+  static constexpr int kMaxClusterSize = 8;      // portable cluster size
+  static constexpr int kMinStages = 2;
+  static constexpr int kMaxStages = 16;
+  static constexpr int kMaxThreads = 32 * (1 + kMaxBlockN / kWarpRows);  // producer + consumers
+  static constexpr int kSmemAlignment = 1024;    // required by the 128-byte swizzle
+};
+
+enum class ScalarKind { kHalf, kBFloat16 };
+
+// Everything the kernel needs besides the two tensor maps. Row-major [rows, n]
+// buffers with row stride n.
+struct Params {
+  const void* hidden_states;   // [rows, n]
+  const void* attn_output;     // [rows, n]
+  const void* bias;            // [n] or nullptr
+  void* out;                   // [rows, n]
+  int rows;                    // decoded rows M (1..Tile::kMaxInputRows)
+  int n;                       // hidden size: output features
+  int k_chunks;                // ceil(ffn / kChunkK)
+  int chunks_per_cta;          // reduction chunks owned by each CTA of a cluster
+  int block_n;                 // weight rows per CTA (multiple of kWarpRows)
+  int stages;                  // pipeline depth
+};
+
+// How one problem is laid out on the GPU. grid = (cluster_size, row_tiles).
+struct LaunchPlan {
+  int block_n = 0;
+  int cluster_size = 0;
+  int row_tiles = 0;
+  int chunks_per_cta = 0;
+  int stages = 0;
+  int threads = 0;
+  size_t smem_bytes = 0;
+};
+
+inline int input_rows_padded(int mma_tiles) { return mma_tiles * Tile::kRowsPerMmaTile; }
+
+inline size_t stage_bytes(int block_n, int mma_tiles) {
+  return static_cast<size_t>(block_n + input_rows_padded(mma_tiles)) * Tile::kChunkBytes;
+}
+
+// Fixed shared memory besides the stages: fp32 partial sums for the cluster
+// reduction, two mbarriers per stage, and slack to align the base to 1024 bytes.
+inline size_t fixed_smem_bytes(int block_n, int mma_tiles, int stages) {
+  return static_cast<size_t>(input_rows_padded(mma_tiles)) * block_n * sizeof(float) +
+         2 * static_cast<size_t>(stages) * sizeof(uint64_t) + Tile::kSmemAlignment;
+}
+
+inline size_t smem_bytes(int block_n, int mma_tiles, int stages) {
+  return stages * stage_bytes(block_n, mma_tiles) + fixed_smem_bytes(block_n, mma_tiles, stages);
+}
+
+}  // namespace clusterfusion::mlp_down

@@ -1,0 +1,186 @@
+// Fused MLP down projection + bias + parallel residual:
+//   out[m, n] = hidden[m, n] + attn[m, n] + sum_k x[m, k] * W[n, k] + bias[n]
+//
+// Decoding is memory-bound: W is streamed from device memory once and the
+// kernel is built around keeping that stream saturated.
+//  * grid = (cluster_size, row_tiles). A cluster owns `block_n` rows of W; its
+//    CTAs split the reduction dimension, each streaming a contiguous run of
+//    64-wide chunks.
+//  * Warp 0 is the producer: one lane issues TMA copies of each [block_n x 64]
+//    weight tile and the matching [rows x 64] input tile into a ring of stages,
+//    completing on a "full" mbarrier per stage.
+//  * Warps 1.. are consumers, 16 weight rows each: ldmatrix + m16n8k16 MMA with
+//    W as the A operand and the input rows as B (rows padded to 8 or 16 by the
+//    TMA's zero fill), fp32 accumulators in registers; each warp frees a stage
+//    on its "empty" mbarrier as soon as its fragments are in registers.
+//  * Partial sums go to shared memory; after a cluster barrier every CTA sums
+//    its share of rows across the cluster through distributed shared memory in
+//    rank order (deterministic, no atomics), adds bias and both residuals in
+//    fp32 and writes the output once.
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda.h>
+
+#include "clusterfusion/device/mma.cuh"
+#include "clusterfusion/device/numeric.cuh"
+#include "clusterfusion/device/tma.cuh"
+#include "mlp_down_residual_config.h"
+
+namespace clusterfusion::mlp_down {
+
+template <typename T, int kMmaTiles>
+__global__ void __launch_bounds__(Tile::kMaxThreads, 1)
+    mlp_down_residual_kernel(const __grid_constant__ CUtensorMap weight_map,
+                             const __grid_constant__ CUtensorMap input_map, const Params p) {
+  using namespace clusterfusion::device;
+  namespace cg = cooperative_groups;
+  constexpr int kInputRows = kMmaTiles * Tile::kRowsPerMmaTile;
+  constexpr uint32_t kInputTileBytes = kInputRows * Tile::kChunkBytes;
+  constexpr int kStepsPerChunk = Tile::kChunkK / 16;
+
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int cluster_size = static_cast<int>(cluster.num_blocks());
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int row0 = blockIdx.y * p.block_n;
+
+  const uint32_t weight_tile_bytes = p.block_n * Tile::kChunkBytes;
+  const uint32_t stage_bytes = weight_tile_bytes + kInputTileBytes;
+
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((Tile::kSmemAlignment - smem_address(smem_raw) % Tile::kSmemAlignment) %
+                              Tile::kSmemAlignment);
+  float* partial = reinterpret_cast<float*>(smem + p.stages * stage_bytes);  // [kInputRows][block_n]
+  uint64_t* full = reinterpret_cast<uint64_t*>(partial + kInputRows * p.block_n);
+  uint64_t* empty = full + p.stages;
+
+  const int chunk_begin = rank * p.chunks_per_cta;
+  const int chunk_count = max(0, min(p.k_chunks - chunk_begin, p.chunks_per_cta));
+  const int consumer_warps = p.block_n / Tile::kWarpRows;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < p.stages; ++s) {
+      mbarrier_init(&full[s], 1);
+      mbarrier_init(&empty[s], consumer_warps);
+    }
+    fence_mbarrier_init();
+    prefetch_tensor_map(&weight_map);
+    prefetch_tensor_map(&input_map);
+  }
+  __syncthreads();
+
+  if (warp == 0) {
+    if (lane == 0) {
+      const uint64_t stream_once = l2_policy_evict_first();
+      const uint64_t keep = l2_policy_evict_last();
+      auto stage_ptr = [&](int s) { return smem + s * stage_bytes; };
+      auto chunk_k = [&](int i) { return (chunk_begin + i) * Tile::kChunkK; };
+      // The weights do not depend on earlier kernels: put the first stages in
+      // flight before waiting for the grid this one depends on.
+      const int prologue = min(chunk_count, p.stages);
+      for (int i = 0; i < prologue; ++i) {
+        mbarrier_arrive_expect_tx(&full[i], stage_bytes);
+        tma_load_2d(stage_ptr(i), &weight_map, &full[i], chunk_k(i), row0, stream_once);
+      }
+      grid_dependency_wait();
+      for (int i = 0; i < prologue; ++i) {
+        tma_load_2d(stage_ptr(i) + weight_tile_bytes, &input_map, &full[i], chunk_k(i), 0, keep);
+      }
+      for (int i = prologue; i < chunk_count; ++i) {
+        const int s = i % p.stages;
+        mbarrier_wait(&empty[s], ((i / p.stages) - 1) & 1);
+        mbarrier_arrive_expect_tx(&full[s], stage_bytes);
+        tma_load_2d(stage_ptr(s), &weight_map, &full[s], chunk_k(i), row0, stream_once);
+        tma_load_2d(stage_ptr(s) + weight_tile_bytes, &input_map, &full[s], chunk_k(i), 0, keep);
+      }
+    }
+    __syncwarp();  // reconverge before the cluster barriers
+  } else {
+    const int warp_row = (warp - 1) * Tile::kWarpRows;
+    float acc[kMmaTiles][4] = {};
+    // ldmatrix lane -> (row, 16-byte chunk) of the 8x8 matrix it addresses.
+    const int a_row = warp_row + (lane & 7) + ((lane >> 3) & 1) * 8;
+    const int a_half = lane >> 4;
+    const int b_row = (lane & 7) + (kMmaTiles == 2 ? (lane >> 4) * 8 : 0);
+    const int b_half = (lane >> 3) & 1;
+
+    for (int i = 0; i < chunk_count; ++i) {
+      const int s = i % p.stages;
+      mbarrier_wait(&full[s], (i / p.stages) & 1);
+      const uint32_t weight_tile = smem_address(smem + s * stage_bytes);
+      const uint32_t input_tile = weight_tile + weight_tile_bytes;
+
+      uint32_t a[kStepsPerChunk][4];
+      uint32_t b[kStepsPerChunk][kMmaTiles][2];
+#pragma unroll
+      for (int step = 0; step < kStepsPerChunk; ++step) {
+        ldmatrix_x4(a[step], weight_tile + swizzle_128b(a_row, 2 * step + a_half));
+        const uint32_t b_addr = input_tile + swizzle_128b(b_row, 2 * step + b_half);
+        if constexpr (kMmaTiles == 1) {
+          ldmatrix_x2(b[step][0], b_addr);
+        } else {
+          uint32_t r[4];
+          ldmatrix_x4(r, b_addr);
+          b[step][0][0] = r[0];
+          b[step][0][1] = r[1];
+          b[step][1][0] = r[2];
+          b[step][1][1] = r[3];
+        }
+      }
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(&empty[s]);
+#pragma unroll
+      for (int step = 0; step < kStepsPerChunk; ++step) {
+#pragma unroll
+        for (int t = 0; t < kMmaTiles; ++t) mma_m16n8k16<T>(acc[t], a[step], b[step][t]);
+      }
+    }
+
+    // Accumulator fragment: rows (lane / 4) and (lane / 4 + 8) of the warp's
+    // weight rows, input rows 2 * (lane % 4) and 2 * (lane % 4) + 1 of tile t.
+    const int n_local = warp_row + lane / 4;
+#pragma unroll
+    for (int t = 0; t < kMmaTiles; ++t) {
+      const int m = t * Tile::kRowsPerMmaTile + 2 * (lane % 4);
+      partial[m * p.block_n + n_local] = acc[t][0];
+      partial[(m + 1) * p.block_n + n_local] = acc[t][1];
+      partial[m * p.block_n + n_local + 8] = acc[t][2];
+      partial[(m + 1) * p.block_n + n_local + 8] = acc[t][3];
+    }
+  }
+
+  grid_dependency_launch_dependents();
+  // Residual inputs may come from the previous kernel.
+  grid_dependency_wait();
+  cluster.sync();
+
+  // Each rank finishes a contiguous share of the cluster's rows.
+  const int share = (p.block_n + cluster_size - 1) / cluster_size;
+  const int first = rank * share;
+  const int count = max(0, min(p.block_n - first, share));
+  const T* hidden = static_cast<const T*>(p.hidden_states);
+  const T* attn = static_cast<const T*>(p.attn_output);
+  const T* bias = static_cast<const T*>(p.bias);
+  T* out = static_cast<T*>(p.out);
+  for (int idx = threadIdx.x; idx < count * p.rows; idx += blockDim.x) {
+    const int m = idx / count;
+    const int n_local = first + idx % count;
+    const int n = row0 + n_local;
+    if (n >= p.n) continue;
+    float sum = 0.f;
+    for (int q = 0; q < cluster_size; ++q) {
+      sum += cluster.map_shared_rank(partial, q)[m * p.block_n + n_local];
+    }
+    if (bias != nullptr) sum += to_float(bias[n]);
+    const size_t at = static_cast<size_t>(m) * p.n + n;
+    sum += to_float(attn[at]);
+    sum += to_float(hidden[at]);
+    out[at] = from_float<T>(sum);
+  }
+  // Peers may still be reading this CTA's partial sums.
+  cluster.sync();
+}
+
+}  // namespace clusterfusion::mlp_down

@@ -1,0 +1,76 @@
+"""Shared helpers: inputs, the float64 reference, the relative error and output poisoning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import clusterfusion  # noqa: F401  (registers the ops)
+
+
+def has_supported_gpu() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
+
+
+gpu = pytest.mark.skipif(
+    not has_supported_gpu(), reason="needs a CUDA GPU with compute capability 9.0 or newer"
+)
+
+# ||out - ref|| / ||ref|| bounds against the float64 reference.
+TOLERANCE = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}
+
+
+def make_inputs(rows, hidden, ffn, dtype, device, *, bias=True, generator=None, lead=None):
+    """Fresh random inputs (never zeros) of a decode step with `rows` rows.
+
+    `lead` overrides the leading shape of hidden_states / attn_output (its
+    product must be `rows`); mlp_intermediate is always [rows, ffn].
+    """
+    g = generator or torch.Generator(device="cpu").manual_seed(torch.seed() % 2**31)
+    lead = (rows,) if lead is None else tuple(lead)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float32) * scale).to(dtype).to(device)
+
+    return dict(
+        hidden_states=rnd(*lead, hidden),
+        attn_output=rnd(*lead, hidden),
+        mlp_intermediate=rnd(rows, ffn),
+        weight=rnd(hidden, ffn, scale=1.0 / math.sqrt(ffn)),
+        bias=rnd(hidden, scale=0.5) if bias else None,
+    )
+
+
+def reference(hidden_states, attn_output, mlp_intermediate, weight, bias):
+    """float64 reference of the op, on the inputs' device."""
+    h = hidden_states.double()
+    x = mlp_intermediate.double().reshape(-1, weight.shape[1])
+    out = x @ weight.double().T
+    if bias is not None:
+        out = out + bias.double()
+    return out.reshape(h.shape) + attn_output.double() + h
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    assert torch.isfinite(out).all(), "output has NaN/Inf (an element left unwritten?)"
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def call_poisoned(fn, inputs: dict) -> torch.Tensor:
+    """Calls fn(**inputs) with NaN left in the memory its CUDA output will occupy.
+
+    The caching allocator hands a freed block of the same size on the same
+    stream to the next request, so the op's output lands on NaN-filled memory;
+    the assertion proves it did, and a later finiteness check catches any
+    element the kernel failed to write.
+    """
+    h = inputs["hidden_states"]
+    poison = torch.full(h.shape, float("nan"), dtype=h.dtype, device=h.device)
+    address = poison.data_ptr()
+    del poison
+    out = fn(**inputs)
+    assert out.data_ptr() == address, "output did not reuse the poisoned block"
+    return out

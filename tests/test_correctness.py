@@ -1,0 +1,135 @@
+"""The op against a float64 reference, on the CPU backend and on the GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import clusterfusion
+from conftest import TOLERANCE, call_poisoned, gpu, make_inputs, reference, rel_err
+
+PYTHIA_2B8 = (2560, 10240)
+PYTHIA_6B9 = (4096, 16384)
+# (hidden, ffn): the two Pythia sizes, other GPT-NeoX sizes, and awkward ones
+# (hidden not a multiple of 16, ffn not a multiple of the 64-wide chunk).
+GPU_SHAPES = [PYTHIA_2B8, PYTHIA_6B9, (512, 2048), (2048, 8192), (1000, 520), (24, 64), (4104, 1032), (8, 8)]
+FUSED_ROWS = [1, 2, 3, 8, 16]
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows", FUSED_ROWS)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_fused_kernel_matches_float64(shape, rows, dtype):
+    hidden, ffn = shape
+    inputs = make_inputs(rows, hidden, ffn, dtype, "cuda")
+    out = call_poisoned(clusterfusion.mlp_down_residual, inputs)
+    assert out.dtype == dtype and out.shape == inputs["hidden_states"].shape
+    assert rel_err(out, reference(**inputs)) < TOLERANCE[dtype]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_without_bias(dtype):
+    inputs = make_inputs(3, 640, 2048, dtype, "cuda", bias=False)
+    out = call_poisoned(clusterfusion.mlp_down_residual, inputs)
+    assert rel_err(out, reference(**inputs)) < TOLERANCE[dtype]
+
+
+@gpu
+@pytest.mark.parametrize("rows", [17, 40])
+def test_rows_beyond_fused_kernel_use_cublas_path(rows):
+    inputs = make_inputs(rows, 2560, 10240, torch.float16, "cuda")
+    out = clusterfusion.mlp_down_residual(**inputs)
+    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
+
+
+@gpu
+@pytest.mark.parametrize(
+    "lead,x_shape",
+    [((), (10240,)), ((1,), (10240,)), ((1, 1), (1, 1, 10240)), ((2, 3), (6, 10240)), ((4, 1), (4, 1, 10240))],
+    ids=["1d", "seed-layout", "hf-decode", "batch-seq", "hf-batch4"],
+)
+def test_input_layouts(lead, x_shape):
+    rows = 1
+    for d in lead:
+        rows *= d
+    inputs = make_inputs(rows, 2560, 10240, torch.float16, "cuda", lead=lead)
+    inputs["mlp_intermediate"] = inputs["mlp_intermediate"].reshape(x_shape)
+    out = call_poisoned(clusterfusion.mlp_down_residual, inputs)
+    assert out.shape == inputs["hidden_states"].shape
+    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
+
+
+@gpu
+def test_non_contiguous_vectors():
+    base = make_inputs(4, 2560, 10240, torch.bfloat16, "cuda")
+    wide = make_inputs(4, 5120, 20480, torch.bfloat16, "cuda")
+    inputs = dict(
+        hidden_states=wide["hidden_states"][:, ::2],
+        attn_output=wide["attn_output"][:, 1::2],
+        mlp_intermediate=wide["mlp_intermediate"][:, 3::2],  # odd offset: not 16-byte aligned
+        weight=base["weight"],
+        bias=wide["bias"][::2],
+    )
+    assert not inputs["hidden_states"].is_contiguous()
+    out = clusterfusion.mlp_down_residual(**inputs)
+    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.bfloat16]
+
+
+@gpu
+def test_weight_with_padded_rows():
+    # Rows 16-byte aligned but longer than ffn: the kernel reads only ffn columns.
+    inputs = make_inputs(2, 768, 3072, torch.float16, "cuda")
+    padded = torch.randn(768, 3072 + 64, device="cuda", dtype=torch.float16)
+    padded[:, :3072] = inputs["weight"]
+    inputs["weight"] = padded[:, :3072]
+    out = clusterfusion.mlp_down_residual(**inputs)
+    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_seed_entry_points(dtype):
+    for fn, (hidden, ffn) in [
+        (clusterfusion.pythia_2b8_mlp_only, PYTHIA_2B8),
+        (clusterfusion.pythia_6b9_mlp_only, PYTHIA_6B9),
+    ]:
+        inputs = make_inputs(1, hidden, ffn, dtype, "cuda")
+        inputs["mlp_intermediate"] = inputs["mlp_intermediate"].reshape(ffn)  # the seed's [ffn]
+        args = list(inputs.values())
+        out = fn(*args)
+        assert out.shape == (1, hidden)
+        assert rel_err(out, reference(**inputs)) < TOLERANCE[dtype]
+        # The extension module keeps the seed's entry points under their old names.
+        from clusterfusion import _C
+
+        assert torch.equal(getattr(_C, fn.__name__)(*args), out)
+
+
+@gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_second_device():
+    inputs = make_inputs(2, 2560, 10240, torch.float16, "cuda:1")
+    with torch.cuda.device(0):
+        out = clusterfusion.mlp_down_residual(**inputs)
+    assert out.device == torch.device("cuda:1")
+    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rows", [1, 3, 20])
+def test_cpu_backend_matches_float64(rows, dtype):
+    inputs = make_inputs(rows, 256, 1024, dtype, "cpu")
+    out = clusterfusion.mlp_down_residual(**inputs)
+    assert out.dtype == dtype and out.shape == (rows, 256)
+    assert rel_err(out, reference(**inputs)) < 3 * TOLERANCE[dtype]  # three roundings, not one
+
+
+def test_cpu_seed_entry_point_and_layouts():
+    inputs = make_inputs(1, 2560, 10240, torch.float32, "cpu", lead=(1, 1))
+    inputs["mlp_intermediate"] = inputs["mlp_intermediate"].reshape(10240)
+    out = clusterfusion.pythia_2b8_mlp_only(*inputs.values())
+    assert out.shape == (1, 1, 2560)
+    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float32]

@@ -1,0 +1,127 @@
+"""Bad input raises a Python exception naming the argument, what it got and what it needs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import clusterfusion
+from conftest import gpu, has_supported_gpu, make_inputs
+
+
+def _cpu(**overrides):
+    inputs = make_inputs(2, 64, 128, torch.float32, "cpu")
+    inputs.update(overrides)
+    return inputs
+
+
+def _call(inputs):
+    return clusterfusion.mlp_down_residual(**inputs)
+
+
+@pytest.mark.parametrize(
+    "overrides,exc,words",
+    [
+        (dict(weight=torch.randn(64 * 128)), ValueError, ["'weight'", "2-D", "[8192]"]),
+        (dict(hidden_states=torch.randn(2, 63)), ValueError, ["'hidden_states'", "[..., 64]", "[2, 63]"]),
+        (dict(attn_output=torch.randn(1, 64)), ValueError, ["'attn_output'", "[2, 64]", "[1, 64]"]),
+        (dict(mlp_intermediate=torch.randn(2, 127)), ValueError, ["'mlp_intermediate'", "128", "[2, 127]"]),
+        (dict(mlp_intermediate=torch.randn(3, 128)), ValueError, ["'mlp_intermediate'", "2 row(s)", "[3, 128]"]),
+        (dict(bias=torch.randn(65)), ValueError, ["'bias'", "[64]", "[65]"]),
+        (dict(bias=torch.randn(64, 1)), ValueError, ["'bias'", "[64, 1]"]),
+        (dict(attn_output=torch.randn(2, 64, dtype=torch.float16)), TypeError, ["'attn_output'", "Half", "Float"]),
+        (dict(bias=torch.randn(64, dtype=torch.bfloat16)), TypeError, ["'bias'", "BFloat16"]),
+    ],
+    ids=["weight-1d", "hidden-size", "attn-shape", "ffn-size", "row-count", "bias-size", "bias-2d", "mixed-dtype", "bias-dtype"],
+)
+def test_bad_shapes_and_dtypes(overrides, exc, words):
+    with pytest.raises(exc) as info:
+        _call(_cpu(**overrides))
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_unsupported_dtype_on_cpu():
+    inputs = {k: (v.double() if v is not None else None) for k, v in _cpu().items()}
+    with pytest.raises(TypeError, match=r"'weight' has dtype Double.*Half, BFloat16, Float"):
+        _call(inputs)
+
+
+def test_seed_entry_point_checks_model_size():
+    inputs = make_inputs(1, 4096, 16384, torch.float16, "cpu")
+    with pytest.raises(ValueError, match=r"pythia_2b8_mlp_only: argument 'mlp_down_weight' must have shape \[2560, 10240\]"):
+        clusterfusion.pythia_2b8_mlp_only(*inputs.values())
+    inputs = make_inputs(1, 2560, 10240, torch.float16, "cpu")
+    with pytest.raises(ValueError, match=r"pythia_6b9_mlp_only: argument 'mlp_down_weight' must have shape \[4096, 16384\]"):
+        clusterfusion.pythia_6b9_mlp_only(*inputs.values())
+
+
+def test_transposed_weight_is_rejected_by_shape_on_cpu():
+    # The seed's README left the layout ambiguous; [ffn, hidden] must not pass silently.
+    inputs = _cpu()
+    inputs["weight"] = inputs["weight"].T.contiguous()
+    with pytest.raises(ValueError, match="'hidden_states'"):
+        _call(inputs)
+
+
+def _gpu_inputs(**overrides):
+    inputs = make_inputs(2, 256, 1024, torch.float16, "cuda")
+    inputs.update(overrides)
+    return inputs
+
+
+@gpu
+def test_cpu_tensor_given_to_cuda_path():
+    with pytest.raises(ValueError, match=r"'hidden_states' is on cpu; expected cuda:0 like 'weight'"):
+        _call(_gpu_inputs(hidden_states=torch.randn(2, 256, dtype=torch.float16)))
+    inputs = _gpu_inputs()
+    inputs["weight"] = inputs["weight"].cpu()
+    with pytest.raises(ValueError, match=r"'hidden_states' is on cuda:0; expected cpu like 'weight'"):
+        _call(inputs)
+
+
+@gpu
+def test_float32_on_cuda_is_rejected():
+    inputs = {k: v.float() for k, v in _gpu_inputs().items()}
+    with pytest.raises(TypeError, match=r"'weight' has dtype Float; the CUDA implementation supports Half, BFloat16"):
+        _call(inputs)
+
+
+@gpu
+def test_weight_layouts_the_kernel_cannot_stream():
+    inputs = _gpu_inputs()
+    w = inputs["weight"]
+    with pytest.raises(ValueError, match=r"'weight' must have unit stride along ffn"):
+        _call(dict(inputs, weight=w.T.contiguous().T))
+    storage = torch.randn(256 * 1024 + 1, dtype=torch.float16, device="cuda")
+    misaligned = storage[1:].view(256, 1024)
+    with pytest.raises(ValueError, match=r"'weight' must start at a 16-byte aligned address"):
+        _call(dict(inputs, weight=misaligned))
+    odd_stride = torch.randn(256, 1028, dtype=torch.float16, device="cuda")[:, :1024]
+    with pytest.raises(ValueError, match=r"row stride that is a multiple of 16 bytes; got 2056 bytes"):
+        _call(dict(inputs, weight=odd_stride))
+
+
+@gpu
+def test_ffn_not_multiple_of_eight():
+    inputs = make_inputs(1, 64, 100, torch.bfloat16, "cuda")
+    with pytest.raises(ValueError, match=r"ffn = weight.shape\[1\] must be a multiple of 8; got 100"):
+        _call(inputs)
+
+
+@gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_mixed_cuda_devices():
+    inputs = _gpu_inputs()
+    inputs["attn_output"] = inputs["attn_output"].to("cuda:1")
+    with pytest.raises(ValueError, match=r"'attn_output' is on cuda:1; expected cuda:0"):
+        _call(inputs)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or has_supported_gpu(), reason="needs a CUDA GPU older than compute capability 9.0"
+)
+def test_unsupported_gpu_gets_a_clear_error():
+    inputs = make_inputs(1, 64, 128, torch.float16, "cuda")
+    with pytest.raises(RuntimeError, match=r"compute capability .*9\.0 or newer"):
+        _call(inputs)

@@ -1,0 +1,85 @@
+"""What a PyTorch op must honour: opcheck, torch.compile, CUDA graphs, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import clusterfusion
+from conftest import TOLERANCE, gpu, make_inputs, reference, rel_err
+
+OP = torch.ops.clusterfusion.mlp_down_residual.default
+
+
+@pytest.mark.parametrize(
+    "device,dtype,rows",
+    [
+        ("cpu", torch.float32, 1),
+        ("cpu", torch.bfloat16, 3),
+        pytest.param("cuda", torch.float16, 1, marks=gpu),
+        pytest.param("cuda", torch.bfloat16, 5, marks=gpu),
+        pytest.param("cuda", torch.float16, 24, marks=gpu),
+    ],
+)
+def test_opcheck(device, dtype, rows):
+    inputs = make_inputs(rows, 256, 512, dtype, device)
+    torch.library.opcheck(OP, tuple(inputs.values()))
+    no_bias = dict(inputs, bias=None)
+    torch.library.opcheck(OP, tuple(no_bias.values()))
+
+
+def _decoder_residual(h, a, x, w, b):
+    # The op inside surrounding work, as a compiled decoder would see it.
+    return clusterfusion.mlp_down_residual(h * 1.0, a, torch.nn.functional.gelu(x), w, b) * 0.5
+
+
+@pytest.mark.parametrize(
+    "device,dtype", [("cpu", torch.float32), pytest.param("cuda", torch.float16, marks=gpu)]
+)
+def test_torch_compile_fullgraph(device, dtype):
+    torch._dynamo.reset()
+    compiled = torch.compile(_decoder_residual, fullgraph=True)
+    inputs = make_inputs(2, 512, 2048, dtype, device)
+    args = tuple(inputs.values())
+    out = compiled(*args)
+    h, a, x, w, b = args
+    ref = 0.5 * reference(h, a, torch.nn.functional.gelu(x.float()).to(dtype), w, b)
+    assert rel_err(out, ref) < 3 * TOLERANCE[dtype]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rows", [1, 16])
+def test_bitwise_deterministic(rows, dtype):
+    inputs = make_inputs(rows, 2560, 10240, dtype, "cuda")
+    first = clusterfusion.mlp_down_residual(**inputs)
+    for _ in range(5):
+        assert torch.equal(clusterfusion.mlp_down_residual(**inputs), first)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_graph_capture_and_replay_with_new_values(dtype):
+    static = make_inputs(2, 2560, 10240, dtype, "cuda")
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture (plans, tensor maps)
+        clusterfusion.mlp_down_residual(**static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = clusterfusion.mlp_down_residual(**static)
+        chained = clusterfusion.mlp_down_residual(out, static["attn_output"], static["mlp_intermediate"], static["weight"], static["bias"])
+    for _ in range(3):
+        fresh = make_inputs(2, 2560, 10240, dtype, "cuda")
+        for name, t in static.items():
+            t.copy_(fresh[name])
+        out.fill_(float("nan"))
+        chained.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        expected = reference(**fresh)
+        assert rel_err(out, expected) < TOLERANCE[dtype]
+        expected_chained = reference(out, fresh["attn_output"], fresh["mlp_intermediate"], fresh["weight"], fresh["bias"])
+        assert rel_err(chained, expected_chained) < TOLERANCE[dtype]
