@@ -12,11 +12,20 @@ gpu=$(python3 -c "import torch; p=torch.cuda.get_device_properties(0); print(f'{
 arch=$(python3 -c "import torch; M, m = torch.cuda.get_device_capability(0); print(f'{M}{m}a')")
 export CLUSTERFUSION_CUDA_ARCHS=${CLUSTERFUSION_CUDA_ARCHS:-$arch}
 
+# Link libstdc++ dynamically even where the toolchain would pull in a static
+# copy (seen with a wrapped gcc on our GPU machines): a second, uninitialized
+# copy of the C++ stream library inside the extension crashes while formatting
+# error messages.
+export LDFLAGS="${LDFLAGS:-} -Wl,--push-state,--no-as-needed -l:libstdc++.so.6 -Wl,--pop-state"
+
 start=$(date +%s)
 if ! MAX_JOBS=${MAX_JOBS:-8} python3 setup.py build_ext --inplace >"$log_dir/build.log" 2>&1; then
   tail -40 "$log_dir/build.log"; echo "gpu_check: build failed (log: $log_dir/build.log)"; exit 1
 fi
 built=$(date +%s)
+if ! ldd clusterfusion/_C*.so | grep -q "libstdc++"; then
+  echo "gpu_check: warning: the extension does not load libstdc++ dynamically"
+fi
 python3 -m pytest -q -rs tests 2>&1 | tee "$log_dir/pytest.log"
 status=${PIPESTATUS[0]}
 done_at=$(date +%s)

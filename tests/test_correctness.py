@@ -69,13 +69,24 @@ def test_non_contiguous_vectors():
     inputs = dict(
         hidden_states=wide["hidden_states"][:, ::2],
         attn_output=wide["attn_output"][:, 1::2],
-        mlp_intermediate=wide["mlp_intermediate"][:, 3::2],  # odd offset: not 16-byte aligned
+        mlp_intermediate=wide["mlp_intermediate"][:, 1::2],
         weight=base["weight"],
         bias=wide["bias"][::2],
     )
     assert not inputs["hidden_states"].is_contiguous()
     out = clusterfusion.mlp_down_residual(**inputs)
     assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.bfloat16]
+
+
+@gpu
+def test_contiguous_but_misaligned_input_rows():
+    inputs = make_inputs(2, 2560, 10240, torch.float16, "cuda")
+    storage = torch.empty(2 * 10240 + 1, dtype=torch.float16, device="cuda")
+    x = storage[1:].view(2, 10240).copy_(inputs["mlp_intermediate"])  # 2 bytes past alignment
+    assert x.is_contiguous() and x.data_ptr() % 16 != 0
+    inputs["mlp_intermediate"] = x
+    out = clusterfusion.mlp_down_residual(**inputs)
+    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
 
 
 @gpu
