@@ -134,7 +134,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--reps", type=int, default=100)
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile arm")
+    parser.add_argument(
+        "--arms", nargs="+", default=["pytorch", "compile", "clusterfusion"],
+        choices=["pytorch", "compile", "clusterfusion"], help="what to time (default: all)",
+    )
     parser.add_argument("--json", default="bench_mlp_down.json")
     args = parser.parse_args(argv)
 
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
     ceiling = read_ceiling_tbs(args.reps)
     print(f"card: {card}; streaming read ceiling {ceiling:.2f} TB/s; torch {torch.__version__}", flush=True)
 
-    compiled = None if args.no_compile else torch.compile(pytorch_layer, dynamic=False)
+    compiled = torch.compile(pytorch_layer, dynamic=False) if "compile" in args.arms else None
     results = []
     for shape in args.shapes:
         hidden, ffn = SHAPES[shape]
@@ -158,20 +161,23 @@ def main(argv=None) -> int:
             for rows in args.rows:
                 layers = make_layers(weights, rows, dtype)
                 row = dict(shape=shape, hidden=hidden, ffn=ffn, dtype=dname, rows=rows)
-                row["pytorch_eager_us"] = eager_us(pytorch_layer, layers, args.reps)
-                row["pytorch_graph_us"] = graph_us(pytorch_layer, layers, args.reps)
+                row["floor_us"] = hidden * ffn * layers[0]["weight"].element_size() / (ceiling * 1e12) * 1e6
+                if "pytorch" in args.arms:
+                    row["pytorch_eager_us"] = eager_us(pytorch_layer, layers, args.reps)
+                    row["pytorch_graph_us"] = graph_us(pytorch_layer, layers, args.reps)
+                    row["pytorch_host_us"] = host_us(pytorch_layer, layers[0])
                 if compiled is not None:
                     row["compile_graph_us"] = graph_us(compiled, layers, args.reps)
-                row["cf_eager_us"] = eager_us(clusterfusion_layer, layers, args.reps)
-                row["cf_graph_us"] = graph_us(clusterfusion_layer, layers, args.reps)
-                row["pytorch_host_us"] = host_us(pytorch_layer, layers[0])
-                row["cf_host_us"] = host_us(clusterfusion_layer, layers[0])
-                nbytes = layer_bytes(hidden, ffn, rows, dtype)
-                row["floor_us"] = hidden * ffn * layers[0]["weight"].element_size() / (ceiling * 1e12) * 1e6
-                row["cf_tbs"] = nbytes / (row["cf_graph_us"] * 1e-6) / 1e12
-                row["cf_pct_ceiling"] = 100 * row["cf_tbs"] / ceiling
-                row["speedup_graph"] = row["pytorch_graph_us"] / row["cf_graph_us"]
-                row["speedup_eager"] = row["pytorch_eager_us"] / row["cf_eager_us"]
+                if "clusterfusion" in args.arms:
+                    row["cf_eager_us"] = eager_us(clusterfusion_layer, layers, args.reps)
+                    row["cf_graph_us"] = graph_us(clusterfusion_layer, layers, args.reps)
+                    row["cf_host_us"] = host_us(clusterfusion_layer, layers[0])
+                    row["cf_tbs"] = layer_bytes(hidden, ffn, rows, dtype) / (row["cf_graph_us"] * 1e-6) / 1e12
+                    row["cf_pct_ceiling"] = 100 * row["cf_tbs"] / ceiling
+                if "pytorch" in args.arms and "clusterfusion" in args.arms:
+                    row["speedup_graph"] = row["pytorch_graph_us"] / row["cf_graph_us"]
+                    row["speedup_eager"] = row["pytorch_eager_us"] / row["cf_eager_us"]
+                    row["host_ratio"] = row["cf_host_us"] / row["pytorch_host_us"]
                 results.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
                 del layers
@@ -185,12 +191,17 @@ def main(argv=None) -> int:
     header = "| shape | dtype | M | PT eager | PT graph | compile graph | CF eager | CF graph | floor | CF TB/s | % ceiling | speedup (graph) | host PT / CF |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
+
+    def cell(r, key, fmt):
+        return fmt.format(r[key]) if key in r else "-"
+
     for r in results:
-        comp = f"{r['compile_graph_us']:.1f}" if "compile_graph_us" in r else "-"
         print(
-            f"| {r['shape']} | {r['dtype']} | {r['rows']} | {r['pytorch_eager_us']:.1f} | {r['pytorch_graph_us']:.1f} | "
-            f"{comp} | {r['cf_eager_us']:.1f} | {r['cf_graph_us']:.1f} | {r['floor_us']:.1f} | {r['cf_tbs']:.2f} | "
-            f"{r['cf_pct_ceiling']:.1f}% | {r['speedup_graph']:.2f}x | {r['pytorch_host_us']:.1f} / {r['cf_host_us']:.1f} |"
+            f"| {r['shape']} | {r['dtype']} | {r['rows']} | {cell(r, 'pytorch_eager_us', '{:.1f}')} | "
+            f"{cell(r, 'pytorch_graph_us', '{:.1f}')} | {cell(r, 'compile_graph_us', '{:.1f}')} | "
+            f"{cell(r, 'cf_eager_us', '{:.1f}')} | {cell(r, 'cf_graph_us', '{:.1f}')} | {r['floor_us']:.1f} | "
+            f"{cell(r, 'cf_tbs', '{:.2f}')} | {cell(r, 'cf_pct_ceiling', '{:.1f}%')} | "
+            f"{cell(r, 'speedup_graph', '{:.2f}x')} | {cell(r, 'pytorch_host_us', '{:.1f}')} / {cell(r, 'cf_host_us', '{:.1f}')} |"
         )
     return 0
 

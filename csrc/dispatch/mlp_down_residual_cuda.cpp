@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -49,6 +51,20 @@ bool use_programmatic_launch() {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Loaded device-memory latency assumed by the pipeline-depth rule (Little's law).
+constexpr double kLoadedLatencySeconds = 2.5e-6;
+
+// Bytes each multiprocessor should keep in flight to cover the memory latency
+// at the device's peak bandwidth (from its memory clock and bus width).
+double inflight_bytes_per_sm(int device, int sms) {
+  int clock_khz = 0;
+  int bus_bits = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device));
+  const double peak_bytes_per_second = 2.0 * clock_khz * 1e3 * bus_bits / 8.0;  // double data rate
+  return peak_bytes_per_second * kLoadedLatencySeconds / sms;
+}
+
 void check_device_supported(const at::Tensor& weight, ScalarKind kind, int mma_tiles,
                             size_t smem_limit) {
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(weight.device().index());
@@ -68,27 +84,69 @@ void check_device_supported(const at::Tensor& weight, ScalarKind kind, int mma_t
   C10_CUDA_CHECK(err);
 }
 
+// CLUSTERFUSION_PLAN="BLOCK_N:CLUSTER[:STAGES]" pins the launch plan (for tuning
+// and benchmarking); unset, the planner below decides.
+struct PlanOverride {
+  int block_n = 0;
+  int cluster = 0;
+  int stages = 0;
+};
+
+const PlanOverride& plan_override() {
+  static const PlanOverride parsed = [] {
+    PlanOverride o;
+    const char* v = std::getenv("CLUSTERFUSION_PLAN");
+    if (v != nullptr && *v != '\0') {
+      const int n = std::sscanf(v, "%d:%d:%d", &o.block_n, &o.cluster, &o.stages);
+      TORCH_CHECK_VALUE(n >= 2 && o.block_n % Tile::kWarpRows == 0 && o.block_n >= Tile::kMinBlockN &&
+                            o.block_n <= Tile::kMaxBlockN && o.cluster >= 1 &&
+                            o.cluster <= Tile::kMaxClusterSize,
+                        "CLUSTERFUSION_PLAN must be BLOCK_N:CLUSTER[:STAGES] with BLOCK_N a multiple of ",
+                        Tile::kWarpRows, " in [", Tile::kMinBlockN, ", ", Tile::kMaxBlockN,
+                        "] and CLUSTER in [1, ", Tile::kMaxClusterSize, "]; got \"", v, "\"");
+    }
+    return o;
+  }();
+  return parsed;
+}
+
 // Picks block_n (weight rows per cluster), the cluster size (CTAs splitting the
-// reduction) and the pipeline depth for one problem on one device. The cost of
-// a plan is the bytes the busiest CTA moves into shared memory times the number
-// of waves of clusters the device can hold at once (queried, not assumed), so
-// the choice follows the SM count, the GPC layout and the shared memory size.
+// reduction) and the pipeline depth for one problem on one device.
+//  * The cost of a plan is the bytes the busiest multiprocessor moves into
+//    shared memory (weight and input tiles), times the waves of clusters the
+//    device can hold at once. Residency is queried, not assumed, so the choice
+//    follows the SM count, the GPC layout and the shared memory of the card.
+//  * The pipeline is only as deep as Little's law asks: bytes in flight per SM
+//    of about peak bandwidth x loaded latency / SMs. Deeper rings were measured
+//    slower (H100, 2.8B: 3 stages 21.5 us, 5 stages 23.8 us, 10 stages 25.3 us):
+//    the extra requests only queue and stretch the tail.
+//  * Shared memory per CTA stays within half a multiprocessor, so the next grid
+//    in the stream (with programmatic dependent launch) can become resident
+//    beside this one while it finishes.
 LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles, int64_t hidden,
                        int64_t ffn) {
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(weight.device().index());
-  const size_t smem_limit = prop->sharedMemPerBlockOptin;
-  check_device_supported(weight, kind, mma_tiles, smem_limit);
+  const size_t smem_optin = prop->sharedMemPerBlockOptin;
+  const size_t smem_budget = std::min<size_t>(
+      smem_optin, prop->sharedMemPerMultiprocessor / 2 - prop->reservedSharedMemPerBlock);
+  check_device_supported(weight, kind, mma_tiles, smem_optin);
+  const PlanOverride& forced = plan_override();
 
+  const int64_t sms = prop->multiProcessorCount;
+  const double inflight_target = inflight_bytes_per_sm(weight.device().index(), prop->multiProcessorCount);
   const int64_t k_chunks = ceil_div(ffn, Tile::kChunkK);
-  const int64_t widest = std::min<int64_t>(Tile::kMaxBlockN, ceil_div(hidden, Tile::kWarpRows) * Tile::kWarpRows);
+  const int64_t widest =
+      std::min<int64_t>(Tile::kMaxBlockN, ceil_div(hidden, Tile::kWarpRows) * Tile::kWarpRows);
   LaunchPlan best;
   double best_cost = 0;
   for (int cluster = 1; cluster <= Tile::kMaxClusterSize && cluster <= k_chunks; ++cluster) {
+    if (forced.cluster != 0 && cluster != forced.cluster) continue;
     const int64_t chunks = ceil_div(k_chunks, cluster);
     for (int64_t block_n = widest; block_n >= Tile::kMinBlockN; block_n -= Tile::kWarpRows) {
-      int stages = Tile::kMaxStages;
-      while (stages >= Tile::kMinStages &&
-             mlp_down::smem_bytes(block_n, mma_tiles, stages) > smem_limit) {
+      if (forced.block_n != 0 && block_n != forced.block_n) continue;
+      int stages = forced.stages != 0 ? forced.stages : Tile::kMaxStages;
+      const size_t limit = forced.stages != 0 ? smem_optin : smem_budget;
+      while (stages >= Tile::kMinStages && mlp_down::smem_bytes(block_n, mma_tiles, stages) > limit) {
         --stages;
       }
       if (stages < Tile::kMinStages) continue;
@@ -105,9 +163,18 @@ LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles,
       C10_CUDA_CHECK(mlp_down::max_active_clusters(kind, mma_tiles, cluster, plan.threads,
                                                    plan.smem_bytes, &resident));
       if (resident <= 0) continue;
-      const double waves = static_cast<double>(ceil_div(plan.row_tiles, resident));
-      const double cost = waves * static_cast<double>(chunks) *
-                          static_cast<double>(mlp_down::stage_bytes(plan.block_n, mma_tiles));
+      const int64_t ctas = int64_t{plan.row_tiles} * cluster;
+      const int64_t per_wave = std::min<int64_t>(ctas, int64_t{resident} * cluster);
+      const size_t stage = mlp_down::stage_bytes(plan.block_n, mma_tiles);
+      if (forced.stages == 0) {  // shallower only frees shared memory: residency still holds
+        const double per_sm_stage_bytes = static_cast<double>(ceil_div(per_wave, sms) * stage);
+        const int wanted = static_cast<int>(std::ceil(inflight_target / per_sm_stage_bytes));
+        plan.stages = std::clamp(wanted, std::min(Tile::kMinStages, plan.stages), plan.stages);
+        plan.smem_bytes = mlp_down::smem_bytes(plan.block_n, mma_tiles, plan.stages);
+      }
+      const double cost = static_cast<double>(ceil_div(plan.row_tiles, resident)) *
+                          static_cast<double>(ceil_div(per_wave, sms)) * static_cast<double>(chunks) *
+                          static_cast<double>(stage);
       // Exact ties go to the smaller cluster, then the wider tile (loop order).
       if (best.block_n == 0 || cost < best_cost) {
         best = plan;
@@ -116,7 +183,8 @@ LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles,
     }
   }
   TORCH_CHECK(best.block_n != 0, kOp, ": no launch configuration fits ", weight.device(), " (",
-              prop->name, ", ", smem_limit, " bytes of shared memory per block)");
+              prop->name, ", ", smem_optin, " bytes of shared memory per block)",
+              forced.block_n != 0 ? " with CLUSTERFUSION_PLAN set" : "");
   if (env_flag("CLUSTERFUSION_VERBOSE", false)) {
     std::fprintf(stderr,
                  "[clusterfusion] %s: hidden=%lld ffn=%lld mma_tiles=%d -> block_n=%d cluster=%d "

@@ -151,8 +151,10 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
     }
   }
 
+  // The weight stream is done: let the next grid start its prologue (it waits
+  // for our results before reading them). Residual inputs may come from the
+  // previous kernel.
   grid_dependency_launch_dependents();
-  // Residual inputs may come from the previous kernel.
   grid_dependency_wait();
   cluster.sync();
 
