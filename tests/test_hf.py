@@ -1,0 +1,178 @@
+"""HuggingFace GPT-NeoX integration: patched layers compute what HuggingFace computes."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import DynamicCache, GPTNeoXConfig, GPTNeoXForCausalLM, StaticCache  # noqa: E402
+
+from clusterfusion.hf import is_patched, patch_model, patched, unpatch_model  # noqa: E402
+from conftest import gpu, rel_err  # noqa: E402
+
+TINY = dict(
+    vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
+    rotary_pct=0.25, max_position_embeddings=64, use_parallel_residual=True,
+)
+PYTHIA_2B8 = dict(
+    vocab_size=50304, hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, intermediate_size=10240,
+    rotary_pct=0.25, max_position_embeddings=2048, use_parallel_residual=True,
+)
+
+
+def _model(device="cpu", dtype=torch.float32, **overrides):
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(**{**TINY, **overrides})
+    with torch.device(device):
+        model = GPTNeoXForCausalLM(config)
+    return model.to(dtype).eval()
+
+
+def _decode_logits(model, ids, steps, cache):
+    """Prefill on ids, then `steps` greedy decode steps; returns every step's logits."""
+    out = model(ids, past_key_values=cache, use_cache=True)
+    logits = [out.logits[:, -1]]
+    token = out.logits[:, -1:].argmax(-1)
+    for _ in range(steps):
+        out = model(token, past_key_values=out.past_key_values, use_cache=True)
+        logits.append(out.logits[:, -1])
+        token = out.logits[:, -1:].argmax(-1)
+    return torch.stack(logits), out.logits
+
+
+def _cache(kind, model, length):
+    return DynamicCache(config=model.config) if kind == "dynamic" else StaticCache(config=model.config, max_cache_len=length)
+
+
+@pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
+@torch.no_grad()
+def test_patched_logits_match_huggingface_on_cpu(cache_kind):
+    model = _model()
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(1))
+    ref, _ = _decode_logits(model, ids, 5, _cache(cache_kind, model, 16))
+    assert patch_model(model) == [0, 1, 2]
+    got, _ = _decode_logits(model, ids, 5, _cache(cache_kind, model, 16))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    unpatch_model(model)
+
+
+@torch.no_grad()
+def test_patched_generate_matches_on_cpu():
+    model = _model()
+    ids = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(2))
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    ref = model.generate(ids, **kwargs)
+    with patched(model):
+        got = model.generate(ids, **kwargs)
+    assert torch.equal(got, ref)
+
+
+def test_unpatch_restores_huggingface_forward():
+    model = _model()
+    layers = model.gpt_neox.layers
+    patch_model(model)
+    patch_model(model)  # idempotent
+    assert all(is_patched(layer) and "forward" in layer.__dict__ for layer in layers)
+    assert unpatch_model(model) == 3
+    assert all(not is_patched(layer) and "forward" not in layer.__dict__ for layer in layers)
+    with patched(model) as served:
+        assert served == [0, 1, 2]
+    assert not any(is_patched(layer) for layer in layers)
+
+
+def test_layers_without_parallel_residual_are_left_alone():
+    model = _model(use_parallel_residual=False)
+    with pytest.warns(UserWarning, match=r"left 3 layer\(s\) 0-2 to HuggingFace: no parallel residual"):
+        assert patch_model(model) == []
+    assert not any(is_patched(layer) for layer in model.gpt_neox.layers)
+
+
+def test_training_with_dropout_is_left_alone():
+    model = _model(hidden_dropout=0.1).train()
+    with pytest.warns(UserWarning, match=r"training mode with hidden dropout 0.1"):
+        assert patch_model(model) == []
+
+
+def test_patched_layer_defers_to_huggingface_in_training_mode():
+    model = _model()
+    patch_model(model)
+    model.train()
+    ids = torch.randint(0, 128, (1, 6))
+    loss = model(ids, labels=ids).loss
+    loss.backward()  # HuggingFace's forward ran: gradients flow
+    assert model.gpt_neox.layers[0].mlp.dense_4h_to_h.weight.grad is not None
+
+
+def test_rejects_a_model_without_gpt_neox_layers():
+    with pytest.raises(TypeError, match="holds no GPTNeoXLayer"):
+        patch_model(torch.nn.Linear(2, 2))
+
+
+def test_fails_loudly_when_the_layer_signature_changes(monkeypatch):
+    from transformers.models.gpt_neox import modeling_gpt_neox
+
+    def changed(self, hidden_states, attention_mask=None, cache=None):
+        return hidden_states
+
+    monkeypatch.setattr(modeling_gpt_neox.GPTNeoXLayer, "forward", changed)
+    with pytest.raises(RuntimeError, match="GPTNeoXLayer.forward in transformers .* takes"):
+        patch_model(_model())
+
+
+@gpu
+def test_float32_cuda_model_is_left_alone():
+    model = _model("cuda")
+    with pytest.warns(UserWarning, match="dtype torch.float32 on CUDA"):
+        assert patch_model(model) == []
+
+
+@gpu
+@torch.no_grad()
+def test_pythia_2b8_fp16_patched_matches_huggingface():
+    model = _model("cuda", torch.float16, **PYTHIA_2B8)
+    ids = torch.randint(0, 50304, (1, 12), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    for cache_kind in ["dynamic", "static"]:
+        ref, _ = _decode_logits(model, ids, 6, _cache(cache_kind, model, 32))
+        with patched(model) as served:
+            assert served == list(range(32))
+            got, _ = _decode_logits(model, ids, 6, _cache(cache_kind, model, 32))
+        assert rel_err(got, ref.double()) < 1e-2
+        assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.85
+
+
+@gpu
+@torch.no_grad()
+def test_cuda_graph_decoding_with_patch():
+    model = _model("cuda", torch.float16, **{**PYTHIA_2B8, "num_hidden_layers": 4})
+    prompt = torch.randint(0, 50304, (1, 8), device="cuda", generator=torch.Generator("cuda").manual_seed(4))
+    steps = 6
+
+    def eager_tokens():
+        cache = StaticCache(config=model.config, max_cache_len=32)
+        out = model(prompt, past_key_values=cache, use_cache=True)
+        token, tokens = out.logits[:, -1:].argmax(-1), []
+        for _ in range(steps):
+            tokens.append(token.item())
+            token = model(token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        return tokens
+
+    with patched(model):
+        expected = eager_tokens()
+        cache = StaticCache(config=model.config, max_cache_len=32)
+        token = model(prompt, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        static_token = token.clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            next_token = model(static_token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            static_token.copy_(next_token)
+        # Capture recorded but did not run the step: rebuild the cache and replay from the prompt.
+        cache.reset()
+        static_token.copy_(model(prompt, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1))
+        tokens = []
+        for _ in range(steps):
+            tokens.append(static_token.item())
+            graph.replay()
+    assert tokens == expected
