@@ -163,6 +163,8 @@ def progress(total, desc):
 def measure(decoders, token_counts, reps, desc):
     """Interleaved timing of both arms; returns rows of medians and spreads."""
     rows = []
+    for arm in ARMS:  # warm-up: allocator, cuBLAS and generate() set-up stay out of the figures
+        decoders[arm].timed_generate(min(token_counts))
     with progress(len(token_counts) * reps * len(ARMS), desc) as bar:
         for n in token_counts:
             samples = {arm: [] for arm in ARMS}
