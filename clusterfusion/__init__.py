@@ -7,7 +7,13 @@ integration is in :mod:`clusterfusion.hf` (imported on demand, needs transformer
 
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from . import _C  # noqa: F401  (registers torch.ops.clusterfusion.*)
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.clusterfusion.*)
+except ImportError as error:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "clusterfusion's compiled extension (clusterfusion._C) could not be loaded: "
+        f"{error}. Build it with `pip install -e . --no-build-isolation` against the installed torch."
+    ) from error
 from .ops import MAX_FUSED_ROWS, mlp_down_residual, pythia_2b8_mlp_only, pythia_6b9_mlp_only
 
 __all__ = ["mlp_down_residual", "pythia_2b8_mlp_only", "pythia_6b9_mlp_only", "MAX_FUSED_ROWS"]
