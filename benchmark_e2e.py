@@ -82,22 +82,22 @@ class GraphDecoder:
             with torch.cuda.graph(self.graph):
                 self.logits = self._step()
 
-    def _step(self):
-        logits = self.model(self.token, past_key_values=self.cache, use_cache=True).logits[:, -1]
+    def _forward(self, ids):
+        """Runs the model on ids, makes its greedy token current and records it."""
+        logits = self.model(ids, past_key_values=self.cache, use_cache=True).logits[:, -1]
         self.token.copy_(logits.argmax(-1, keepdim=True))
         self.history.index_copy_(0, self.position, self.token[0])
         self.position.add_(1)
         return logits
 
+    def _step(self):
+        return self._forward(self.token)
+
     @torch.no_grad()
     def prefill(self):
         self.cache.reset()
         self.position.zero_()
-        logits = self.model(self.prompt, past_key_values=self.cache, use_cache=True).logits[:, -1]
-        self.token.copy_(logits.argmax(-1, keepdim=True))
-        self.history.index_copy_(0, self.position, self.token[0])
-        self.position.add_(1)
-        return logits
+        return self._forward(self.prompt)
 
     def timed_generate(self, new_tokens):
         """Returns (seconds for prefill + decode, decode seconds)."""
@@ -134,19 +134,20 @@ class EagerDecoder:
     def __init__(self, model, prompt, patch):
         self.model, self.prompt, self.patch = model, prompt, patch
 
+    def _seconds(self, new_tokens):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        self.model.generate(
+            self.prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+        )
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
     @torch.no_grad()
     def timed_generate(self, new_tokens):
-        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
         with self.patch():
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            self.model.generate(self.prompt, max_new_tokens=1, min_new_tokens=1, do_sample=False, pad_token_id=0)
-            torch.cuda.synchronize()
-            first = time.perf_counter() - start
-            start = time.perf_counter()
-            self.model.generate(self.prompt, **kwargs)
-            torch.cuda.synchronize()
-            total = time.perf_counter() - start
+            first = self._seconds(1)
+            total = self._seconds(new_tokens)
         # Decode time: the whole request less a prefill-only request.
         return total, max(total - first, 0.0)
 
