@@ -100,22 +100,81 @@ const PlanOverride& plan_override() {
       const int n = std::sscanf(v, "%d:%d:%d", &o.block_n, &o.cluster, &o.stages);
       TORCH_CHECK_VALUE(n >= 2 && o.block_n % Tile::kWarpRows == 0 && o.block_n >= Tile::kMinBlockN &&
                             o.block_n <= Tile::kMaxBlockN && o.cluster >= 1 &&
-                            o.cluster <= Tile::kMaxClusterSize,
-                        "CLUSTERFUSION_PLAN must be BLOCK_N:CLUSTER[:STAGES] with BLOCK_N a multiple of ",
-                        Tile::kWarpRows, " in [", Tile::kMinBlockN, ", ", Tile::kMaxBlockN,
-                        "] and CLUSTER in [1, ", Tile::kMaxClusterSize, "]; got \"", v, "\"");
+                            o.cluster <= Tile::kMaxClusterSize &&
+                            (n < 3 || (o.stages >= Tile::kMinStages && o.stages <= Tile::kMaxStages)),
+                        "CLUSTERFUSION_PLAN must be BLOCK_N:CLUSTER[:STAGES] with BLOCK_N a multiple "
+                        "of ", Tile::kWarpRows, " in [", Tile::kMinBlockN, ", ", Tile::kMaxBlockN,
+                        "], CLUSTER in [1, ", Tile::kMaxClusterSize, "] and STAGES in [",
+                        Tile::kMinStages, ", ", Tile::kMaxStages, "]; got \"", v, "\"");
     }
     return o;
   }();
   return parsed;
 }
 
+// What the planner knows about the device and the problem.
+struct PlanContext {
+  ScalarKind kind;
+  int mma_tiles;
+  int64_t hidden;
+  int64_t k_chunks;             // ceil(ffn / kChunkK)
+  int64_t sms;
+  size_t smem_optin;            // shared memory one CTA may use
+  size_t smem_budget;           // half a multiprocessor: room for the next grid
+  double inflight_bytes_per_sm; // Little's law target
+  PlanOverride forced;
+};
+
+// Lays out the problem with `cluster` CTAs per cluster and `block_n` rows per
+// cluster. Returns false when that does not fit the device; otherwise fills the
+// plan and its cost: the bytes the busiest multiprocessor moves into shared
+// memory (weight and input tiles) times the waves of clusters the device holds
+// at once, stretched when the ring cannot hold the Little's-law target.
+bool evaluate_plan(const PlanContext& c, int cluster, int block_n, LaunchPlan* plan, double* cost) {
+  const int64_t chunks = ceil_div(c.k_chunks, cluster);
+  int stages = c.forced.stages != 0 ? c.forced.stages : Tile::kMaxStages;
+  const size_t limit = c.forced.stages != 0 ? c.smem_optin : c.smem_budget;
+  while (stages >= Tile::kMinStages &&
+         mlp_down::smem_bytes(block_n, c.mma_tiles, cluster, stages) > limit) {
+    --stages;
+  }
+  if (stages < Tile::kMinStages) return false;
+  plan->block_n = block_n;
+  plan->cluster_size = cluster;
+  plan->row_tiles = static_cast<int>(ceil_div(c.hidden, block_n));
+  plan->chunks_per_cta = static_cast<int>(chunks);
+  plan->stages = static_cast<int>(std::min<int64_t>(stages, chunks));
+  plan->threads = 32 * (1 + block_n / Tile::kWarpRows);
+  plan->smem_bytes = mlp_down::smem_bytes(block_n, c.mma_tiles, cluster, plan->stages);
+  int resident = 0;
+  C10_CUDA_CHECK(mlp_down::max_active_clusters(c.kind, c.mma_tiles, cluster, plan->threads,
+                                               plan->smem_bytes, &resident));
+  if (resident <= 0) return false;
+  const int64_t ctas = int64_t{plan->row_tiles} * cluster;
+  const int64_t per_wave = std::min<int64_t>(ctas, int64_t{resident} * cluster);
+  const size_t stage = mlp_down::stage_bytes(block_n, c.mma_tiles);
+  const double per_sm_stage_bytes = static_cast<double>(ceil_div(per_wave, c.sms) * stage);
+  if (c.forced.stages == 0) {  // shallower only frees shared memory: residency still holds
+    const int wanted = static_cast<int>(std::ceil(c.inflight_bytes_per_sm / per_sm_stage_bytes));
+    plan->stages = std::clamp(wanted, std::min(Tile::kMinStages, plan->stages), plan->stages);
+    plan->smem_bytes = mlp_down::smem_bytes(block_n, c.mma_tiles, cluster, plan->stages);
+  }
+  // Little's law again: an SM with fewer bytes in flight than the target
+  // streams proportionally slower (H200, 6.9B, M=1: 2 stages of a 256-row tile
+  // took 49.7 us, 3 stages 37.6 us).
+  const double starvation =
+      std::max(1.0, c.inflight_bytes_per_sm / (per_sm_stage_bytes * plan->stages));
+  *cost = static_cast<double>(ceil_div(plan->row_tiles, resident)) *
+          static_cast<double>(ceil_div(per_wave, c.sms)) * static_cast<double>(chunks) *
+          static_cast<double>(stage) * starvation;
+  return true;
+}
+
 // Picks block_n (weight rows per cluster), the cluster size (CTAs splitting the
-// reduction) and the pipeline depth for one problem on one device.
-//  * The cost of a plan is the bytes the busiest multiprocessor moves into
-//    shared memory (weight and input tiles), times the waves of clusters the
-//    device can hold at once. Residency is queried, not assumed, so the choice
-//    follows the SM count, the GPC layout and the shared memory of the card.
+// reduction) and the pipeline depth for one problem on one device, at the
+// lowest cost of evaluate_plan.
+//  * Residency is queried, not assumed, so the choice follows the SM count, the
+//    GPC layout and the shared memory of the card.
 //  * The pipeline is only as deep as Little's law asks: bytes in flight per SM
 //    of about peak bandwidth x loaded latency / SMs. Deeper rings were measured
 //    slower (H100, 2.8B: 3 stages 21.5 us, 5 stages 23.8 us, 10 stages 25.3 us):
@@ -125,56 +184,32 @@ const PlanOverride& plan_override() {
 //    beside this one while it finishes.
 LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles, int64_t hidden,
                        int64_t ffn) {
-  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(weight.device().index());
-  const size_t smem_optin = prop->sharedMemPerBlockOptin;
-  const size_t smem_budget = std::min<size_t>(
-      smem_optin, prop->sharedMemPerMultiprocessor / 2 - prop->reservedSharedMemPerBlock);
-  check_device_supported(weight, kind, mma_tiles, smem_optin);
-  const PlanOverride& forced = plan_override();
+  const int device = weight.device().index();
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
+  PlanContext c{};
+  c.kind = kind;
+  c.mma_tiles = mma_tiles;
+  c.hidden = hidden;
+  c.k_chunks = ceil_div(ffn, Tile::kChunkK);
+  c.sms = prop->multiProcessorCount;
+  c.smem_optin = prop->sharedMemPerBlockOptin;
+  c.smem_budget = std::min<size_t>(
+      c.smem_optin, prop->sharedMemPerMultiprocessor / 2 - prop->reservedSharedMemPerBlock);
+  c.inflight_bytes_per_sm = inflight_bytes_per_sm(device, prop->multiProcessorCount);
+  c.forced = plan_override();
+  check_device_supported(weight, kind, mma_tiles, c.smem_optin);
 
-  const int64_t sms = prop->multiProcessorCount;
-  const double inflight_target = inflight_bytes_per_sm(weight.device().index(), prop->multiProcessorCount);
-  const int64_t k_chunks = ceil_div(ffn, Tile::kChunkK);
-  const int64_t widest =
-      std::min<int64_t>(Tile::kMaxBlockN, ceil_div(hidden, Tile::kWarpRows) * Tile::kWarpRows);
+  const int widest = static_cast<int>(
+      std::min<int64_t>(Tile::kMaxBlockN, ceil_div(hidden, Tile::kWarpRows) * Tile::kWarpRows));
   LaunchPlan best;
   double best_cost = 0;
-  for (int cluster = 1; cluster <= Tile::kMaxClusterSize && cluster <= k_chunks; ++cluster) {
-    if (forced.cluster != 0 && cluster != forced.cluster) continue;
-    const int64_t chunks = ceil_div(k_chunks, cluster);
-    for (int64_t block_n = widest; block_n >= Tile::kMinBlockN; block_n -= Tile::kWarpRows) {
-      if (forced.block_n != 0 && block_n != forced.block_n) continue;
-      int stages = forced.stages != 0 ? forced.stages : Tile::kMaxStages;
-      const size_t limit = forced.stages != 0 ? smem_optin : smem_budget;
-      while (stages >= Tile::kMinStages && mlp_down::smem_bytes(block_n, mma_tiles, stages) > limit) {
-        --stages;
-      }
-      if (stages < Tile::kMinStages) continue;
-      stages = static_cast<int>(std::min<int64_t>(stages, chunks));
+  for (int cluster = 1; cluster <= Tile::kMaxClusterSize && cluster <= c.k_chunks; ++cluster) {
+    if (c.forced.cluster != 0 && cluster != c.forced.cluster) continue;
+    for (int block_n = widest; block_n >= Tile::kMinBlockN; block_n -= Tile::kWarpRows) {
+      if (c.forced.block_n != 0 && block_n != c.forced.block_n) continue;
       LaunchPlan plan;
-      plan.block_n = static_cast<int>(block_n);
-      plan.cluster_size = cluster;
-      plan.row_tiles = static_cast<int>(ceil_div(hidden, block_n));
-      plan.chunks_per_cta = static_cast<int>(chunks);
-      plan.stages = stages;
-      plan.threads = 32 * (1 + plan.block_n / Tile::kWarpRows);
-      plan.smem_bytes = mlp_down::smem_bytes(plan.block_n, mma_tiles, stages);
-      int resident = 0;
-      C10_CUDA_CHECK(mlp_down::max_active_clusters(kind, mma_tiles, cluster, plan.threads,
-                                                   plan.smem_bytes, &resident));
-      if (resident <= 0) continue;
-      const int64_t ctas = int64_t{plan.row_tiles} * cluster;
-      const int64_t per_wave = std::min<int64_t>(ctas, int64_t{resident} * cluster);
-      const size_t stage = mlp_down::stage_bytes(plan.block_n, mma_tiles);
-      if (forced.stages == 0) {  // shallower only frees shared memory: residency still holds
-        const double per_sm_stage_bytes = static_cast<double>(ceil_div(per_wave, sms) * stage);
-        const int wanted = static_cast<int>(std::ceil(inflight_target / per_sm_stage_bytes));
-        plan.stages = std::clamp(wanted, std::min(Tile::kMinStages, plan.stages), plan.stages);
-        plan.smem_bytes = mlp_down::smem_bytes(plan.block_n, mma_tiles, plan.stages);
-      }
-      const double cost = static_cast<double>(ceil_div(plan.row_tiles, resident)) *
-                          static_cast<double>(ceil_div(per_wave, sms)) * static_cast<double>(chunks) *
-                          static_cast<double>(stage);
+      double cost = 0;
+      if (!evaluate_plan(c, cluster, block_n, &plan, &cost)) continue;
       // Exact ties go to the smaller cluster, then the wider tile (loop order).
       if (best.block_n == 0 || cost < best_cost) {
         best = plan;
@@ -183,8 +218,8 @@ LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles,
     }
   }
   TORCH_CHECK(best.block_n != 0, kOp, ": no launch configuration fits ", weight.device(), " (",
-              prop->name, ", ", smem_optin, " bytes of shared memory per block)",
-              forced.block_n != 0 ? " with CLUSTERFUSION_PLAN set" : "");
+              prop->name, ", ", c.smem_optin, " bytes of shared memory per block)",
+              c.forced.block_n != 0 ? " with CLUSTERFUSION_PLAN set" : "");
   if (env_flag("CLUSTERFUSION_VERBOSE", false)) {
     std::fprintf(stderr,
                  "[clusterfusion] %s: hidden=%lld ffn=%lld mma_tiles=%d -> block_n=%d cluster=%d "

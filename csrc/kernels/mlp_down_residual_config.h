@@ -61,15 +61,25 @@ inline size_t stage_bytes(int block_n, int mma_tiles) {
   return static_cast<size_t>(block_n + input_rows_padded(mma_tiles)) * Tile::kChunkBytes;
 }
 
-// Fixed shared memory besides the stages: fp32 partial sums for the cluster
-// reduction, two mbarriers per stage, and slack to align the base to 1024 bytes.
-inline size_t fixed_smem_bytes(int block_n, int mma_tiles, int stages) {
-  return static_cast<size_t>(input_rows_padded(mma_tiles)) * block_n * sizeof(float) +
-         2 * static_cast<size_t>(stages) * sizeof(uint64_t) + Tile::kSmemAlignment;
+// Rows of a cluster's tile that each of its CTAs finishes (reduces and writes).
+// constexpr so that device code can call it too.
+constexpr int rows_per_rank(int block_n, int cluster_size) {
+  return (block_n + cluster_size - 1) / cluster_size;
 }
 
-inline size_t smem_bytes(int block_n, int mma_tiles, int stages) {
-  return stages * stage_bytes(block_n, mma_tiles) + fixed_smem_bytes(block_n, mma_tiles, stages);
+// Fixed shared memory besides the stages: the inbox of fp32 partial sums the
+// cluster's CTAs send to the owner of each row, the owner's residual terms,
+// two mbarriers per stage, and slack to align the base to 1024 bytes.
+inline size_t fixed_smem_bytes(int block_n, int mma_tiles, int cluster_size, int stages) {
+  const size_t owned = static_cast<size_t>(input_rows_padded(mma_tiles)) *
+                       rows_per_rank(block_n, cluster_size);
+  return (cluster_size + 1) * owned * sizeof(float) + 2 * static_cast<size_t>(stages) * sizeof(uint64_t) +
+         Tile::kSmemAlignment;
+}
+
+inline size_t smem_bytes(int block_n, int mma_tiles, int cluster_size, int stages) {
+  return stages * stage_bytes(block_n, mma_tiles) +
+         fixed_smem_bytes(block_n, mma_tiles, cluster_size, stages);
 }
 
 }  // namespace clusterfusion::mlp_down

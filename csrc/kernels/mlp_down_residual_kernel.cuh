@@ -13,15 +13,19 @@
 //    W as the A operand and the input rows as B (rows padded to 8 or 16 by the
 //    TMA's zero fill), fp32 accumulators in registers; each warp frees a stage
 //    on its "empty" mbarrier as soon as its fragments are in registers.
-//  * Partial sums go to shared memory; after a cluster barrier every CTA sums
-//    its share of rows across the cluster through distributed shared memory in
-//    rank order (deterministic, no atomics), adds bias and both residuals in
-//    fp32 and writes the output once.
+//  * Every CTA owns a share of the cluster's rows. While the weights stream,
+//    the consumers add up the owner's residual terms (bias + attn + hidden);
+//    at the end each CTA stores its partial sums straight into the owners'
+//    shared memory (distributed shared memory), and after one cluster barrier
+//    each owner adds them in rank order (deterministic, no atomics) to its
+//    residual terms and writes the output once. The tail after the last tile
+//    holds one barrier and no load from outside the CTA.
 #pragma once
 
 #include <cooperative_groups.h>
 #include <cuda.h>
 
+#include "clusterfusion/device/cluster.cuh"
 #include "clusterfusion/device/mma.cuh"
 #include "clusterfusion/device/numeric.cuh"
 #include "clusterfusion/device/tma.cuh"
@@ -52,8 +56,13 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((Tile::kSmemAlignment - smem_address(smem_raw) % Tile::kSmemAlignment) %
                               Tile::kSmemAlignment);
-  float* partial = reinterpret_cast<float*>(smem + p.stages * stage_bytes);  // [kInputRows][block_n]
-  uint64_t* full = reinterpret_cast<uint64_t*>(partial + kInputRows * p.block_n);
+  // This rank finishes rows [first, first + count) of the cluster's tile.
+  const int share = rows_per_rank(p.block_n, cluster_size);
+  const int first = rank * share;
+  const int count = max(0, min(min(p.block_n, p.n - row0) - first, share));
+  float* inbox = reinterpret_cast<float*>(smem + p.stages * stage_bytes);  // [cluster][kInputRows][share]
+  float* residual = inbox + cluster_size * kInputRows * share;            // [kInputRows][share]
+  uint64_t* full = reinterpret_cast<uint64_t*>(residual + kInputRows * share);
   uint64_t* empty = full + p.stages;
 
   const int chunk_begin = rank * p.chunks_per_cta;
@@ -70,6 +79,7 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
     prefetch_tensor_map(&input_map);
   }
   __syncthreads();
+  cluster_arrive_relaxed();  // waited on before the first store into a peer
 
   if (warp == 0) {
     if (lane == 0) {
@@ -97,7 +107,24 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
       }
     }
     __syncwarp();  // reconverge before the cluster barriers
+    cluster_wait();
   } else {
+    // The residual terms of the owned rows, read while the first tiles are in
+    // flight (they may come from the previous kernel: wait for it first).
+    grid_dependency_wait();
+    const T* hidden = static_cast<const T*>(p.hidden_states);
+    const T* attn = static_cast<const T*>(p.attn_output);
+    const T* bias = static_cast<const T*>(p.bias);
+    for (int idx = threadIdx.x - 32; idx < count * p.rows; idx += blockDim.x - 32) {
+      const int m = idx / count;
+      const int n = row0 + first + idx % count;
+      const size_t at = static_cast<size_t>(m) * p.n + n;
+      float r = bias != nullptr ? to_float(bias[n]) : 0.f;
+      r += to_float(attn[at]);
+      r += to_float(hidden[at]);
+      residual[m * share + idx % count] = r;
+    }
+
     const int warp_row = (warp - 1) * Tile::kWarpRows;
     float acc[kMmaTiles][4] = {};
     // ldmatrix lane -> (row, 16-byte chunk) of the 8x8 matrix it addresses.
@@ -140,49 +167,45 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
 
     // Accumulator fragment: rows (lane / 4) and (lane / 4 + 8) of the warp's
     // weight rows, input rows 2 * (lane % 4) and 2 * (lane % 4) + 1 of tile t.
+    // Each value goes to the inbox of the rank that owns its row.
+    auto send = [&](int m, int n_local, float value) {
+      if (m >= p.rows) return;  // padding rows of the mma tile
+      const int owner = n_local / share;
+      const int j = n_local - owner * share;
+      cluster.map_shared_rank(inbox, owner)[(rank * kInputRows + m) * share + j] = value;
+    };
     const int n_local = warp_row + lane / 4;
+    cluster_wait();  // every peer has started: its inbox exists
 #pragma unroll
     for (int t = 0; t < kMmaTiles; ++t) {
       const int m = t * Tile::kRowsPerMmaTile + 2 * (lane % 4);
-      partial[m * p.block_n + n_local] = acc[t][0];
-      partial[(m + 1) * p.block_n + n_local] = acc[t][1];
-      partial[m * p.block_n + n_local + 8] = acc[t][2];
-      partial[(m + 1) * p.block_n + n_local + 8] = acc[t][3];
+      send(m, n_local, acc[t][0]);
+      send(m + 1, n_local, acc[t][1]);
+      send(m, n_local + 8, acc[t][2]);
+      send(m + 1, n_local + 8, acc[t][3]);
     }
   }
 
   // The weight stream is done: let the next grid start its prologue (it waits
-  // for our results before reading them). Residual inputs may come from the
-  // previous kernel.
+  // for our results before reading them). Every thread waits for the grid this
+  // one depends on before writing the output.
   grid_dependency_launch_dependents();
   grid_dependency_wait();
+  // Release our stores into the peers' inboxes, acquire theirs into ours. After
+  // this no CTA touches another's shared memory, so none has to wait at exit.
   cluster.sync();
 
-  // Each rank finishes a contiguous share of the cluster's rows.
-  const int share = (p.block_n + cluster_size - 1) / cluster_size;
-  const int first = rank * share;
-  const int count = max(0, min(p.block_n - first, share));
-  const T* hidden = static_cast<const T*>(p.hidden_states);
-  const T* attn = static_cast<const T*>(p.attn_output);
-  const T* bias = static_cast<const T*>(p.bias);
   T* out = static_cast<T*>(p.out);
   for (int idx = threadIdx.x; idx < count * p.rows; idx += blockDim.x) {
     const int m = idx / count;
-    const int n_local = first + idx % count;
-    const int n = row0 + n_local;
-    if (n >= p.n) continue;
+    const int j = idx % count;
     float sum = 0.f;
-    for (int q = 0; q < cluster_size; ++q) {
-      sum += cluster.map_shared_rank(partial, q)[m * p.block_n + n_local];
+#pragma unroll
+    for (int q = 0; q < Tile::kMaxClusterSize; ++q) {
+      if (q < cluster_size) sum += inbox[(q * kInputRows + m) * share + j];
     }
-    if (bias != nullptr) sum += to_float(bias[n]);
-    const size_t at = static_cast<size_t>(m) * p.n + n;
-    sum += to_float(attn[at]);
-    sum += to_float(hidden[at]);
-    out[at] = from_float<T>(sum);
+    out[static_cast<size_t>(m) * p.n + row0 + first + j] = from_float<T>(sum + residual[m * share + j]);
   }
-  // Peers may still be reading this CTA's partial sums.
-  cluster.sync();
 }
 
 }  // namespace clusterfusion::mlp_down
