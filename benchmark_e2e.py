@@ -37,6 +37,7 @@ CONFIGS = {
 }
 TOKENS = [16, 32, 64, 128, 256, 512, 1024, 2048]
 ARMS = ("pytorch", "clusterfusion")
+WARMUP_TOKENS = 16  # enough to set up the allocator, cuBLAS and generate(); a long warm-up only costs time
 
 
 def load_model(args, dtype):
@@ -161,11 +162,14 @@ def progress(total, desc):
         return contextlib.nullcontext(type("NoBar", (), {"update": lambda self, n=1: None})())
 
 
-def measure(decoders, token_counts, reps, desc):
-    """Interleaved timing of both arms; returns rows of medians and spreads."""
-    rows = []
+def measure(decoders, token_counts, reps, desc, on_row):
+    """Interleaved timing of both arms. Each token count's row of medians and
+    spreads goes to on_row as soon as it is measured, so a run cut short keeps
+    what it measured."""
+    if not token_counts:
+        return
     for arm in ARMS:  # warm-up: allocator, cuBLAS and generate() set-up stay out of the figures
-        decoders[arm].timed_generate(min(token_counts))
+        decoders[arm].timed_generate(min(WARMUP_TOKENS, *token_counts))
     with progress(len(token_counts) * reps * len(ARMS), desc) as bar:
         for n in token_counts:
             samples = {arm: [] for arm in ARMS}
@@ -186,8 +190,7 @@ def measure(decoders, token_counts, reps, desc):
                 )
             row["speedup"] = row["pytorch"]["seconds"] / row["clusterfusion"]["seconds"]
             row["tpot_speedup"] = row["pytorch"]["tpot_ms"] / row["clusterfusion"]["tpot_ms"]
-            rows.append(row)
-    return rows
+            on_row(row)
 
 
 def fidelity(graphs, steps):
@@ -210,16 +213,33 @@ def fidelity(graphs, steps):
     )
 
 
-def print_table(mode, rows, card, source):
+def print_table_header(mode, card, source):
     print(f"\n### {mode} mode: {source}, {card}, batch 1\n")
     print("| Tokens | CF(s) | PyTorch(s) | Speedup | TPOT CF(ms) | TPOT PT(ms) | TPOT speedup | spread CF / PT |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        cf, pt = r["clusterfusion"], r["pytorch"]
-        print(
-            f"| {r['tokens']} | {cf['seconds']:.3f} | {pt['seconds']:.3f} | {r['speedup']:.2f}x | {cf['tpot_ms']:.2f} | "
-            f"{pt['tpot_ms']:.2f} | {r['tpot_speedup']:.2f}x | {cf['spread_pct']:.1f}% / {pt['spread_pct']:.1f}% |"
-        )
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+
+
+def print_table_row(r):
+    cf, pt = r["clusterfusion"], r["pytorch"]
+    print(
+        f"| {r['tokens']} | {cf['seconds']:.3f} | {pt['seconds']:.3f} | {r['speedup']:.2f}x | {cf['tpot_ms']:.2f} | "
+        f"{pt['tpot_ms']:.2f} | {r['tpot_speedup']:.2f}x | {cf['spread_pct']:.1f}% / {pt['spread_pct']:.1f}% |",
+        flush=True,
+    )
+
+
+def print_fidelity(fid):
+    print(
+        f"\nFidelity over {fid['steps']} steps (teacher-forced, both arms fed PyTorch's greedy tokens): "
+        f"logits relative error max {fid['teacher_forced_max_rel_err']:.2e}, mean {fid['teacher_forced_mean_rel_err']:.2e}; "
+        f"top-1 agreement {100 * fid['teacher_forced_top1_agreement']:.1f}%"
+    )
+    first = fid["greedy_first_divergence"]
+    print(
+        f"Free-running greedy: {100 * fid['greedy_match_rate']:.1f}% of tokens match; "
+        f"first divergence {'none' if first is None else f'at token {first}'}",
+        flush=True,
+    )
 
 
 def plot(path, results, card):
@@ -281,30 +301,33 @@ def main(argv=None) -> int:
     graphs["clusterfusion"] = GraphDecoder(model, prompt, longest)
     unpatch_model(model)
 
+    fid = fidelity(graphs, args.fidelity_steps)
+    print_fidelity(fid)
     results = {}
+
+    def save():
+        with open(args.json, "w") as f:
+            json.dump(dict(card=card, source=source, dtype=args.dtype, torch=torch.__version__, results=results,
+                           fidelity=fid), f, indent=1)
+
+    def run_mode(mode, decoders, counts):
+        results[mode] = []
+        print_table_header(mode, card, source)
+
+        def on_row(row):
+            results[mode].append(row)
+            print_table_row(row)
+            save()
+
+        measure(decoders, counts, args.reps, mode, on_row)
+
+    save()
     if "graph" in args.modes:
-        results["graph"] = measure(graphs, args.tokens, args.reps, "graph")
+        run_mode("graph", graphs, args.tokens)
     if "eager" in args.modes:
         eager = {"pytorch": EagerDecoder(model, prompt, contextlib.nullcontext),
                  "clusterfusion": EagerDecoder(model, prompt, lambda: patched(model))}
-        counts = [n for n in args.tokens if n <= args.eager_max_tokens]
-        results["eager"] = measure(eager, counts, args.reps, "eager")
-    fid = fidelity(graphs, args.fidelity_steps)
-
-    for mode, rows in results.items():
-        print_table(mode, rows, card, source)
-    print(
-        f"\nFidelity over {fid['steps']} steps (teacher-forced, both arms fed PyTorch's greedy tokens): "
-        f"logits relative error max {fid['teacher_forced_max_rel_err']:.2e}, mean {fid['teacher_forced_mean_rel_err']:.2e}; "
-        f"top-1 agreement {100 * fid['teacher_forced_top1_agreement']:.1f}%"
-    )
-    first = fid["greedy_first_divergence"]
-    print(
-        f"Free-running greedy: {100 * fid['greedy_match_rate']:.1f}% of tokens match; "
-        f"first divergence {'none' if first is None else f'at token {first}'}"
-    )
-    with open(args.json, "w") as f:
-        json.dump(dict(card=card, source=source, dtype=args.dtype, torch=torch.__version__, results=results, fidelity=fid), f, indent=1)
+        run_mode("eager", eager, [n for n in args.tokens if n <= args.eager_max_tokens])
     if args.plot:
         plot(args.plot, results, card)
     return 0
