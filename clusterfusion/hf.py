@@ -99,8 +99,12 @@ def _unsupported_reason(layer: GPTNeoXLayer) -> str | None:
     major, minor = torch.cuda.get_device_capability(weight.device)
     if major < 9:
         return f"{weight.device} has compute capability {major}.{minor} (the kernel needs 9.0 or newer)"
-    if weight.shape[1] % 8 != 0 or weight.stride(1) != 1 or (weight.stride(0) * weight.element_size()) % 16:
-        return f"dense_4h_to_h.weight layout {tuple(weight.shape)} / strides {weight.stride()} (needs 16-byte rows)"
+    row_bytes = weight.stride(0) * weight.element_size()
+    if weight.shape[1] % 8 != 0 or weight.stride(1) != 1 or row_bytes % 16 or weight.data_ptr() % 16:
+        return (
+            f"dense_4h_to_h.weight shape {tuple(weight.shape)}, strides {weight.stride()}, address "
+            f"{weight.data_ptr():#x} (the kernel needs 16-byte aligned rows)"
+        )
     return None
 
 

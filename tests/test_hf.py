@@ -131,6 +131,19 @@ def test_float32_cuda_model_is_left_alone():
 
 @gpu
 @torch.no_grad()
+def test_misaligned_down_weight_is_left_alone():
+    model = _model("cuda", torch.float16)
+    down = model.gpt_neox.layers[1].mlp.dense_4h_to_h
+    storage = torch.empty(down.weight.numel() + 1, device="cuda", dtype=torch.float16)
+    shifted = storage[1:].view_as(down.weight)  # starts 2 bytes past a 16-byte boundary
+    shifted.copy_(down.weight)
+    down.weight = torch.nn.Parameter(shifted, requires_grad=False)
+    with pytest.warns(UserWarning, match=r"left 1 layer\(s\) 1 to HuggingFace: .*16-byte aligned rows"):
+        assert patch_model(model) == [0, 2]
+
+
+@gpu
+@torch.no_grad()
 def test_pythia_2b8_fp16_patched_matches_huggingface():
     model = _model("cuda", torch.float16, **PYTHIA_2B8)
     ids = torch.randint(0, 50304, (1, 12), device="cuda", generator=torch.Generator("cuda").manual_seed(3))

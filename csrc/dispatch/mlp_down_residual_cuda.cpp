@@ -195,7 +195,7 @@ LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles,
   c.smem_optin = prop->sharedMemPerBlockOptin;
   c.smem_budget = std::min<size_t>(
       c.smem_optin, prop->sharedMemPerMultiprocessor / 2 - prop->reservedSharedMemPerBlock);
-  c.inflight_bytes_per_sm = inflight_bytes_per_sm(device, prop->multiProcessorCount);
+  c.inflight_bytes_per_sm = inflight_bytes_per_sm(device, c.sms);
   c.forced = plan_override();
   check_device_supported(weight, kind, mma_tiles, c.smem_optin);
 

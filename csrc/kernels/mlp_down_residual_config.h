@@ -69,12 +69,13 @@ constexpr int rows_per_rank(int block_n, int cluster_size) {
 
 // Fixed shared memory besides the stages: the inbox of fp32 partial sums the
 // cluster's CTAs send to the owner of each row, the owner's residual terms,
-// two mbarriers per stage, and slack to align the base to 1024 bytes.
+// two mbarriers per stage and one for the inbox, and slack to align the base
+// to 1024 bytes.
 inline size_t fixed_smem_bytes(int block_n, int mma_tiles, int cluster_size, int stages) {
   const size_t owned = static_cast<size_t>(input_rows_padded(mma_tiles)) *
                        rows_per_rank(block_n, cluster_size);
-  return (cluster_size + 1) * owned * sizeof(float) + 2 * static_cast<size_t>(stages) * sizeof(uint64_t) +
-         Tile::kSmemAlignment;
+  const size_t barriers = 2 * static_cast<size_t>(stages) + 1;
+  return (cluster_size + 1) * owned * sizeof(float) + barriers * sizeof(uint64_t) + Tile::kSmemAlignment;
 }
 
 inline size_t smem_bytes(int block_n, int mma_tiles, int cluster_size, int stages) {

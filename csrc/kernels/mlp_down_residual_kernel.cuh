@@ -15,11 +15,11 @@
 //    on its "empty" mbarrier as soon as its fragments are in registers.
 //  * Every CTA owns a share of the cluster's rows. While the weights stream,
 //    the consumers add up the owner's residual terms (bias + attn + hidden);
-//    at the end each CTA stores its partial sums straight into the owners'
-//    shared memory (distributed shared memory), and after one cluster barrier
-//    each owner adds them in rank order (deterministic, no atomics) to its
-//    residual terms and writes the output once. The tail after the last tile
-//    holds one barrier and no load from outside the CTA.
+//    at the end each CTA sends its partial sums straight into the owners'
+//    shared memory with asynchronous stores that complete on the owner's
+//    "inbox" mbarrier. Each owner waits for exactly the bytes it expects (no
+//    cluster barrier, no fence), adds the slots in rank order (deterministic,
+//    no atomics) to its residual terms and writes the output once.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -64,16 +64,21 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
   float* residual = inbox + cluster_size * kInputRows * share;            // [kInputRows][share]
   uint64_t* full = reinterpret_cast<uint64_t*>(residual + kInputRows * share);
   uint64_t* empty = full + p.stages;
+  uint64_t* inbox_full = empty + p.stages;
 
   const int chunk_begin = rank * p.chunks_per_cta;
   const int chunk_count = max(0, min(p.k_chunks - chunk_begin, p.chunks_per_cta));
   const int consumer_warps = p.block_n / Tile::kWarpRows;
+  const int valid_rows = min(p.block_n, p.n - row0);  // the last tile may overhang the matrix
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < p.stages; ++s) {
       mbarrier_init(&full[s], 1);
       mbarrier_init(&empty[s], consumer_warps);
     }
+    // Every peer sends one fp32 per owned row and input row.
+    mbarrier_init(inbox_full, 1);
+    mbarrier_arrive_expect_tx(inbox_full, cluster_size * p.rows * count * sizeof(float));
     fence_mbarrier_init();
     prefetch_tensor_map(&weight_map);
     prefetch_tensor_map(&input_map);
@@ -105,8 +110,11 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
         tma_load_2d(stage_ptr(s), &weight_map, &full[s], chunk_k(i), row0, stream_once);
         tma_load_2d(stage_ptr(s) + weight_tile_bytes, &input_map, &full[s], chunk_k(i), 0, keep);
       }
+      // Every weight load is issued: the next grid may start its own prologue
+      // (it waits for this grid to finish before reading anything we write).
+      grid_dependency_launch_dependents();
     }
-    __syncwarp();  // reconverge before the cluster barriers
+    __syncwarp();
     cluster_wait();
   } else {
     // The residual terms of the owned rows, read while the first tiles are in
@@ -167,15 +175,19 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
 
     // Accumulator fragment: rows (lane / 4) and (lane / 4 + 8) of the warp's
     // weight rows, input rows 2 * (lane % 4) and 2 * (lane % 4) + 1 of tile t.
-    // Each value goes to the inbox of the rank that owns its row.
+    // Each value goes to the inbox of the rank that owns its row; rows beyond
+    // the batch or the matrix are sent nowhere (the owners expect none).
+    const uint32_t inbox_addr = smem_address(inbox);
+    const uint32_t inbox_full_addr = smem_address(inbox_full);
     auto send = [&](int m, int n_local, float value) {
-      if (m >= p.rows) return;  // padding rows of the mma tile
+      if (m >= p.rows || n_local >= valid_rows) return;
       const int owner = n_local / share;
       const int j = n_local - owner * share;
-      cluster.map_shared_rank(inbox, owner)[(rank * kInputRows + m) * share + j] = value;
+      const uint32_t slot = inbox_addr + ((rank * kInputRows + m) * share + j) * sizeof(float);
+      st_async_f32(map_to_rank(slot, owner), value, map_to_rank(inbox_full_addr, owner));
     };
     const int n_local = warp_row + lane / 4;
-    cluster_wait();  // every peer has started: its inbox exists
+    cluster_wait();  // every peer has started: its inbox and inbox barrier exist
 #pragma unroll
     for (int t = 0; t < kMmaTiles; ++t) {
       const int m = t * Tile::kRowsPerMmaTile + 2 * (lane % 4);
@@ -184,27 +196,22 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
       send(m, n_local + 8, acc[t][2]);
       send(m + 1, n_local + 8, acc[t][3]);
     }
-  }
 
-  // The weight stream is done: let the next grid start its prologue (it waits
-  // for our results before reading them). Every thread waits for the grid this
-  // one depends on before writing the output.
-  grid_dependency_launch_dependents();
-  grid_dependency_wait();
-  // Release our stores into the peers' inboxes, acquire theirs into ours. After
-  // this no CTA touches another's shared memory, so none has to wait at exit.
-  cluster.sync();
-
-  T* out = static_cast<T*>(p.out);
-  for (int idx = threadIdx.x; idx < count * p.rows; idx += blockDim.x) {
-    const int m = idx / count;
-    const int j = idx % count;
-    float sum = 0.f;
+    // Once every peer's bytes have landed, nobody touches this CTA's shared
+    // memory again, so it may exit without a cluster barrier. Each thread
+    // finishes the rows whose residual terms it summed above.
+    mbarrier_wait(inbox_full, 0);
+    T* out = static_cast<T*>(p.out);
+    for (int idx = threadIdx.x - 32; idx < count * p.rows; idx += blockDim.x - 32) {
+      const int m = idx / count;
+      const int j = idx % count;
+      float sum = 0.f;
 #pragma unroll
-    for (int q = 0; q < Tile::kMaxClusterSize; ++q) {
-      if (q < cluster_size) sum += inbox[(q * kInputRows + m) * share + j];
+      for (int q = 0; q < Tile::kMaxClusterSize; ++q) {
+        if (q < cluster_size) sum += inbox[(q * kInputRows + m) * share + j];
+      }
+      out[static_cast<size_t>(m) * p.n + row0 + first + j] = from_float<T>(sum + residual[m * share + j]);
     }
-    out[static_cast<size_t>(m) * p.n + row0 + first + j] = from_float<T>(sum + residual[m * share + j]);
   }
 }
 
