@@ -118,7 +118,8 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
     cluster_wait();
   } else {
     // The residual terms of the owned rows, read while the first tiles are in
-    // flight (they may come from the previous kernel: wait for it first).
+    // flight (they may come from the previous kernel: wait for it first). The
+    // epilogue walks the same (thread -> row) mapping, so it needs no barrier.
     grid_dependency_wait();
     const T* hidden = static_cast<const T*>(p.hidden_states);
     const T* attn = static_cast<const T*>(p.attn_output);
