@@ -3,8 +3,8 @@
 The planner chooses one plan per device and shape, so the correctness tests
 only exercise the plans the test card leads to. Here CLUSTERFUSION_PLAN pins
 others, each in a fresh process (the variable is read once per process): odd
-cluster sizes, row shares that do not divide the tile, tiles that overhang the
-matrix, and CTAs left without reduction work.
+cluster sizes, tiles of an odd multiple of 8 rows, row shares that do not divide
+the tile, tiles that overhang the matrix, and CTAs left without reduction work.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 # BLOCK_N:CLUSTER:STAGES
 PINNED_PLANS = [
-    "16:1:2",    # narrowest tile, no cluster reduction
+    "8:1:2",     # narrowest tile (half a warp's rows), no cluster reduction
+    "40:2:32",   # an odd multiple of 8 rows: the last warp drops half its rows; deepest ring
     "32:3:3",    # odd cluster size: ranks own 11, 11 and 10 rows
     "48:7:2",    # on ffn=520 (9 chunks) two of the seven CTAs get no chunk
     "160:8:4",   # on hidden=4104 the last tile overhangs: two ranks own no row

@@ -54,15 +54,33 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Loaded device-memory latency assumed by the pipeline-depth rule (Little's law).
 constexpr double kLoadedLatencySeconds = 2.5e-6;
 
-// Bytes each multiprocessor should keep in flight to cover the memory latency
-// at the device's peak bandwidth (from its memory clock and bus width).
-double inflight_bytes_per_sm(int device, int sms) {
-  int clock_khz = 0;
+// Fixed cost of one pipeline stage whatever its size (barrier round trips, two
+// TMA issues, the consumers' wait, fragment loads and MMA chain). Plans made of
+// many small stages bottom out there: H200 (1.98 GHz), 2.8B as 24:1, 160 stages
+// per CTA, 26.9 us; 6.9B as 32:1, 256 stages, 41.8 us: about 150 ns a stage.
+constexpr double kStageOverheadCycles = 300;
+
+// How much of a CTA's streaming time its stages' fixed cost may take before it,
+// not the memory, sets the pace (H200, 2.8B: 40:2, whose 80 stages cost 1.07x
+// their streaming time, ran at 15.1-15.6 us against 14.8 us for 176:8; 6.9B:
+// 64:2 at 0.67x was the fastest plan).
+constexpr double kOverlappableOverhead = 0.8;
+
+// Rates of the device the planner works from.
+struct DeviceRates {
+  double peak_bytes_per_second;  // from the memory clock and bus width
+  double sm_cycles_per_second;
+};
+
+DeviceRates device_rates(int device) {
+  int memory_khz = 0;
   int bus_bits = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device));
+  int sm_khz = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&memory_khz, cudaDevAttrMemoryClockRate, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device));
-  const double peak_bytes_per_second = 2.0 * clock_khz * 1e3 * bus_bits / 8.0;  // double data rate
-  return peak_bytes_per_second * kLoadedLatencySeconds / sms;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_khz, cudaDevAttrClockRate, device));
+  return {2.0 * memory_khz * 1e3 * bus_bits / 8.0,  // double data rate
+          sm_khz * 1e3};
 }
 
 void check_device_supported(const at::Tensor& weight, ScalarKind kind, int mma_tiles,
@@ -98,12 +116,12 @@ const PlanOverride& plan_override() {
     const char* v = std::getenv("CLUSTERFUSION_PLAN");
     if (v != nullptr && *v != '\0') {
       const int n = std::sscanf(v, "%d:%d:%d", &o.block_n, &o.cluster, &o.stages);
-      TORCH_CHECK_VALUE(n >= 2 && o.block_n % Tile::kWarpRows == 0 && o.block_n >= Tile::kMinBlockN &&
+      TORCH_CHECK_VALUE(n >= 2 && o.block_n % Tile::kRowStep == 0 && o.block_n >= Tile::kMinBlockN &&
                             o.block_n <= Tile::kMaxBlockN && o.cluster >= 1 &&
                             o.cluster <= Tile::kMaxClusterSize &&
                             (n < 3 || (o.stages >= Tile::kMinStages && o.stages <= Tile::kMaxStages)),
                         "CLUSTERFUSION_PLAN must be BLOCK_N:CLUSTER[:STAGES] with BLOCK_N a multiple "
-                        "of ", Tile::kWarpRows, " in [", Tile::kMinBlockN, ", ", Tile::kMaxBlockN,
+                        "of ", Tile::kRowStep, " in [", Tile::kMinBlockN, ", ", Tile::kMaxBlockN,
                         "], CLUSTER in [1, ", Tile::kMaxClusterSize, "] and STAGES in [",
                         Tile::kMinStages, ", ", Tile::kMaxStages, "]; got \"", v, "\"");
     }
@@ -117,25 +135,40 @@ struct PlanContext {
   ScalarKind kind;
   int mma_tiles;
   int64_t hidden;
-  int64_t k_chunks;             // ceil(ffn / kChunkK)
-  int64_t sms;
-  size_t smem_optin;            // shared memory one CTA may use
-  size_t smem_budget;           // half a multiprocessor: room for the next grid
-  double inflight_bytes_per_sm; // Little's law target
+  int64_t k_chunks;               // ceil(ffn / kChunkK)
+  size_t smem_optin;              // shared memory one CTA may use
+  size_t smem_exclusive;          // the least a CTA must ask for to keep its SM to itself
+  double sm_bytes_per_second;     // an SM's share of the peak bandwidth
+  double inflight_bytes_per_sm;   // Little's law target for the weight stream
+  double stage_overhead_seconds;  // kStageOverheadCycles at the SM clock
   PlanOverride forced;
 };
 
-// Lays out the problem with `cluster` CTAs per cluster and `block_n` rows per
-// cluster. Returns false when that does not fit the device; otherwise fills the
-// plan and its cost: the bytes the busiest multiprocessor moves into shared
-// memory (weight and input tiles) times the waves of clusters the device holds
-// at once, stretched when the ring cannot hold the Little's-law target.
-bool evaluate_plan(const PlanContext& c, int cluster, int block_n, LaunchPlan* plan, double* cost) {
+// Modeled time of a plan: the longer of its busiest CTA's weight stream and
+// its stages' fixed cost (see kOverlappableOverhead), times the waves of
+// clusters. Ties go to the plan with less fixed cost.
+struct PlanCost {
+  double seconds = 0;
+  double overhead_seconds = 0;
+  bool operator<(const PlanCost& o) const {
+    return seconds != o.seconds ? seconds < o.seconds : overhead_seconds < o.overhead_seconds;
+  }
+};
+
+// Lays out the problem with `cluster` CTAs per cluster, `block_n` rows per
+// cluster and one CTA per multiprocessor. Returns false when that does not fit
+// the device; otherwise fills the plan and its cost. Only weight bytes count
+// towards the stream: the input tiles come from L2, not from device memory.
+bool evaluate_plan(const PlanContext& c, int cluster, int block_n, LaunchPlan* plan, PlanCost* cost) {
   const int64_t chunks = ceil_div(c.k_chunks, cluster);
-  int stages = c.forced.stages != 0 ? c.forced.stages : Tile::kMaxStages;
-  const size_t limit = c.forced.stages != 0 ? c.smem_optin : c.smem_budget;
+  const double weight_tile = static_cast<double>(block_n) * Tile::kChunkBytes;
+  int stages = c.forced.stages;
+  if (stages == 0) {
+    const double wanted = std::ceil(c.inflight_bytes_per_sm / weight_tile);
+    stages = static_cast<int>(std::clamp<double>(wanted, Tile::kMinStages, Tile::kMaxStages));
+  }
   while (stages >= Tile::kMinStages &&
-         mlp_down::smem_bytes(block_n, c.mma_tiles, cluster, stages) > limit) {
+         mlp_down::smem_bytes(block_n, c.mma_tiles, cluster, stages) > c.smem_optin) {
     --stages;
   }
   if (stages < Tile::kMinStages) return false;
@@ -144,29 +177,23 @@ bool evaluate_plan(const PlanContext& c, int cluster, int block_n, LaunchPlan* p
   plan->row_tiles = static_cast<int>(ceil_div(c.hidden, block_n));
   plan->chunks_per_cta = static_cast<int>(chunks);
   plan->stages = static_cast<int>(std::min<int64_t>(stages, chunks));
-  plan->threads = 32 * (1 + block_n / Tile::kWarpRows);
-  plan->smem_bytes = mlp_down::smem_bytes(block_n, c.mma_tiles, cluster, plan->stages);
+  plan->threads = 32 * (1 + mlp_down::consumer_warps(block_n));
+  plan->smem_bytes = std::max(mlp_down::smem_bytes(block_n, c.mma_tiles, cluster, plan->stages),
+                              c.smem_exclusive);
   int resident = 0;
   C10_CUDA_CHECK(mlp_down::max_active_clusters(c.kind, c.mma_tiles, cluster, plan->threads,
                                                plan->smem_bytes, &resident));
   if (resident <= 0) return false;
-  const int64_t ctas = int64_t{plan->row_tiles} * cluster;
-  const int64_t per_wave = std::min<int64_t>(ctas, int64_t{resident} * cluster);
-  const size_t stage = mlp_down::stage_bytes(block_n, c.mma_tiles);
-  const double per_sm_stage_bytes = static_cast<double>(ceil_div(per_wave, c.sms) * stage);
-  if (c.forced.stages == 0) {  // shallower only frees shared memory: residency still holds
-    const int wanted = static_cast<int>(std::ceil(c.inflight_bytes_per_sm / per_sm_stage_bytes));
-    plan->stages = std::clamp(wanted, std::min(Tile::kMinStages, plan->stages), plan->stages);
-    plan->smem_bytes = mlp_down::smem_bytes(block_n, c.mma_tiles, cluster, plan->stages);
-  }
+  plan->resident_clusters = resident;
   // Little's law again: an SM with fewer bytes in flight than the target
   // streams proportionally slower (H200, 6.9B, M=1: 2 stages of a 256-row tile
   // took 49.7 us, 3 stages 37.6 us).
-  const double starvation =
-      std::max(1.0, c.inflight_bytes_per_sm / (per_sm_stage_bytes * plan->stages));
-  *cost = static_cast<double>(ceil_div(plan->row_tiles, resident)) *
-          static_cast<double>(ceil_div(per_wave, c.sms)) * static_cast<double>(chunks) *
-          static_cast<double>(stage) * starvation;
+  const double starvation = std::max(1.0, c.inflight_bytes_per_sm / (weight_tile * plan->stages));
+  const double waves = static_cast<double>(ceil_div(plan->row_tiles, resident));
+  const double stream = chunks * weight_tile * starvation / c.sm_bytes_per_second;
+  const double overhead = chunks * c.stage_overhead_seconds;
+  cost->seconds = waves * std::max(stream, overhead / kOverlappableOverhead);
+  cost->overhead_seconds = waves * overhead;
   return true;
 }
 
@@ -175,13 +202,19 @@ bool evaluate_plan(const PlanContext& c, int cluster, int block_n, LaunchPlan* p
 // lowest cost of evaluate_plan.
 //  * Residency is queried, not assumed, so the choice follows the SM count, the
 //    GPC layout and the shared memory of the card.
-//  * The pipeline is only as deep as Little's law asks: bytes in flight per SM
-//    of about peak bandwidth x loaded latency / SMs. Deeper rings were measured
-//    slower (H100, 2.8B: 3 stages 21.5 us, 5 stages 23.8 us, 10 stages 25.3 us):
-//    the extra requests only queue and stretch the tail.
-//  * Shared memory per CTA stays within half a multiprocessor, so the next grid
-//    in the stream (with programmatic dependent launch) can become resident
-//    beside this one while it finishes.
+//  * The pipeline is only as deep as Little's law asks: weight bytes in flight
+//    per SM of about peak bandwidth x loaded latency / SMs. Deeper rings were
+//    measured slower (H100, 2.8B: 3 stages 21.5 us, 5 stages 23.8 us, 10 stages
+//    25.3 us): the extra requests only queue and stretch the tail.
+//  * Every CTA asks for more than half a multiprocessor's shared memory, so no
+//    other CTA of this kernel shares its SM. Otherwise the block scheduler packs
+//    two CTAs onto the SMs that free up first (with programmatic dependent
+//    launch, those of the next grid too); they stream at about half speed and
+//    the grid waits for them. H200, M=1, same run: 2.8B 17.3 -> 14.5 us, 6.9B
+//    37.0 -> 34.0 us. The next grid still launches early: its CTAs take over
+//    each SM as soon as this grid's CTA leaves it.
+//  * Tiles step by 8 rows, so the grid can cover the SMs that clusters of the
+//    chosen size can occupy at once (the GPC layout decides how many).
 LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles, int64_t hidden,
                        int64_t ffn) {
   const int device = weight.device().index();
@@ -191,24 +224,27 @@ LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles,
   c.mma_tiles = mma_tiles;
   c.hidden = hidden;
   c.k_chunks = ceil_div(ffn, Tile::kChunkK);
-  c.sms = prop->multiProcessorCount;
   c.smem_optin = prop->sharedMemPerBlockOptin;
-  c.smem_budget = std::min<size_t>(
-      c.smem_optin, prop->sharedMemPerMultiprocessor / 2 - prop->reservedSharedMemPerBlock);
-  c.inflight_bytes_per_sm = inflight_bytes_per_sm(device, c.sms);
+  // Two CTAs fit on an SM when both requests plus the per-block reservation do.
+  c.smem_exclusive = std::min<size_t>(
+      c.smem_optin, prop->sharedMemPerMultiprocessor / 2 - prop->reservedSharedMemPerBlock + 1);
+  const DeviceRates rates = device_rates(device);
+  c.sm_bytes_per_second = rates.peak_bytes_per_second / prop->multiProcessorCount;
+  c.inflight_bytes_per_sm = c.sm_bytes_per_second * kLoadedLatencySeconds;
+  c.stage_overhead_seconds = kStageOverheadCycles / rates.sm_cycles_per_second;
   c.forced = plan_override();
   check_device_supported(weight, kind, mma_tiles, c.smem_optin);
 
   const int widest = static_cast<int>(
-      std::min<int64_t>(Tile::kMaxBlockN, ceil_div(hidden, Tile::kWarpRows) * Tile::kWarpRows));
+      std::min<int64_t>(Tile::kMaxBlockN, ceil_div(hidden, Tile::kRowStep) * Tile::kRowStep));
   LaunchPlan best;
-  double best_cost = 0;
+  PlanCost best_cost;
   for (int cluster = 1; cluster <= Tile::kMaxClusterSize && cluster <= c.k_chunks; ++cluster) {
     if (c.forced.cluster != 0 && cluster != c.forced.cluster) continue;
-    for (int block_n = widest; block_n >= Tile::kMinBlockN; block_n -= Tile::kWarpRows) {
+    for (int block_n = widest; block_n >= Tile::kMinBlockN; block_n -= Tile::kRowStep) {
       if (c.forced.block_n != 0 && block_n != c.forced.block_n) continue;
       LaunchPlan plan;
-      double cost = 0;
+      PlanCost cost;
       if (!evaluate_plan(c, cluster, block_n, &plan, &cost)) continue;
       // Exact ties go to the smaller cluster, then the wider tile (loop order).
       if (best.block_n == 0 || cost < best_cost) {
@@ -223,10 +259,12 @@ LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles,
   if (env_flag("CLUSTERFUSION_VERBOSE", false)) {
     std::fprintf(stderr,
                  "[clusterfusion] %s: hidden=%lld ffn=%lld mma_tiles=%d -> block_n=%d cluster=%d "
-                 "grid=(%d,%d) chunks/cta=%d stages=%d threads=%d smem=%zu\n",
+                 "grid=(%d,%d) chunks/cta=%d stages=%d threads=%d smem=%zu resident_clusters=%d "
+                 "modeled_us=%.1f\n",
                  prop->name, static_cast<long long>(hidden), static_cast<long long>(ffn), mma_tiles,
                  best.block_n, best.cluster_size, best.cluster_size, best.row_tiles,
-                 best.chunks_per_cta, best.stages, best.threads, best.smem_bytes);
+                 best.chunks_per_cta, best.stages, best.threads, best.smem_bytes,
+                 best.resident_clusters, best_cost.seconds * 1e6);
   }
   return best;
 }

@@ -16,13 +16,18 @@ struct Tile {
   static constexpr int kChunkK = 64;             // reduction elements per stage
   static constexpr int kChunkBytes = 128;        // kChunkK 16-bit elements
   static constexpr int kWarpRows = 16;           // weight rows per consumer warp (mma M)
-  static constexpr int kMinBlockN = 16;
+  // Tiles come in steps of 8 rows, so the grid can match the SM count more
+  // closely. When block_n is an odd multiple of 8, the last warp's mma also reads
+  // 8 rows past the weight tile (the start of the stage's input tile) and its
+  // results for those rows are dropped.
+  static constexpr int kRowStep = 8;
+  static constexpr int kMinBlockN = kRowStep;
   static constexpr int kMaxBlockN = 256;         // TMA box dimensions are at most 256
   static constexpr int kRowsPerMmaTile = 8;      // input rows per mma N-tile
   static constexpr int kMaxInputRows = 16;       // two mma N-tiles; more rows go to cuBLAS
   static constexpr int kMaxClusterSize = 8;      // portable cluster size
   static constexpr int kMinStages = 2;
-  static constexpr int kMaxStages = 16;
+  static constexpr int kMaxStages = 32;
   static constexpr int kMaxThreads = 32 * (1 + kMaxBlockN / kWarpRows);  // producer + consumers
   static constexpr int kSmemAlignment = 1024;    // required by the 128-byte swizzle
 };
@@ -40,7 +45,7 @@ struct Params {
   int n;                       // hidden size: output features
   int k_chunks;                // ceil(ffn / kChunkK)
   int chunks_per_cta;          // reduction chunks owned by each CTA of a cluster
-  int block_n;                 // weight rows per CTA (multiple of kWarpRows)
+  int block_n;                 // weight rows per CTA (multiple of kRowStep)
   int stages;                  // pipeline depth
 };
 
@@ -53,9 +58,13 @@ struct LaunchPlan {
   int stages = 0;
   int threads = 0;
   size_t smem_bytes = 0;
+  int resident_clusters = 0;  // clusters of this plan the device holds at once
 };
 
 inline int input_rows_padded(int mma_tiles) { return mma_tiles * Tile::kRowsPerMmaTile; }
+
+// Consumer warps of a CTA, 16 weight rows each (the last may have only 8).
+constexpr int consumer_warps(int block_n) { return (block_n + Tile::kWarpRows - 1) / Tile::kWarpRows; }
 
 inline size_t stage_bytes(int block_n, int mma_tiles) {
   return static_cast<size_t>(block_n + input_rows_padded(mma_tiles)) * Tile::kChunkBytes;

@@ -9,9 +9,11 @@
 //  * Warp 0 is the producer: one lane issues TMA copies of each [block_n x 64]
 //    weight tile and the matching [rows x 64] input tile into a ring of stages,
 //    completing on a "full" mbarrier per stage.
-//  * Warps 1.. are consumers, 16 weight rows each: ldmatrix + m16n8k16 MMA with
+//  * Warps 1.. are consumers, 16 weight rows each (the last one may own only 8
+//    and drop the other half of its results): ldmatrix + m16n8k16 MMA with
 //    W as the A operand and the input rows as B (rows padded to 8 or 16 by the
-//    TMA's zero fill), fp32 accumulators in registers; each warp frees a stage
+//    TMA's zero fill), fp32 accumulators in registers (two sets, so that the
+//    MMAs of a stage form two independent chains); each warp frees a stage
 //    on its "empty" mbarrier as soon as its fragments are in registers.
 //  * Every CTA owns a share of the cluster's rows. While the weights stream,
 //    the consumers add up the owner's residual terms (bias + attn + hidden);
@@ -56,10 +58,12 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((Tile::kSmemAlignment - smem_address(smem_raw) % Tile::kSmemAlignment) %
                               Tile::kSmemAlignment);
-  // This rank finishes rows [first, first + count) of the cluster's tile.
+  // This rank finishes rows [first, first + count) of the cluster's tile, whose
+  // last may overhang the matrix.
+  const int valid_rows = min(p.block_n, p.n - row0);
   const int share = rows_per_rank(p.block_n, cluster_size);
   const int first = rank * share;
-  const int count = max(0, min(min(p.block_n, p.n - row0) - first, share));
+  const int count = max(0, min(valid_rows - first, share));
   float* inbox = reinterpret_cast<float*>(smem + p.stages * stage_bytes);  // [cluster][kInputRows][share]
   float* residual = inbox + cluster_size * kInputRows * share;            // [kInputRows][share]
   uint64_t* full = reinterpret_cast<uint64_t*>(residual + kInputRows * share);
@@ -68,13 +72,12 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
 
   const int chunk_begin = rank * p.chunks_per_cta;
   const int chunk_count = max(0, min(p.k_chunks - chunk_begin, p.chunks_per_cta));
-  const int consumer_warps = p.block_n / Tile::kWarpRows;
-  const int valid_rows = min(p.block_n, p.n - row0);  // the last tile may overhang the matrix
+  const int warps_consuming = consumer_warps(p.block_n);
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < p.stages; ++s) {
       mbarrier_init(&full[s], 1);
-      mbarrier_init(&empty[s], consumer_warps);
+      mbarrier_init(&empty[s], warps_consuming);
     }
     // Every peer sends one fp32 per owned row and input row.
     mbarrier_init(inbox_full, 1);
@@ -135,7 +138,9 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
     }
 
     const int warp_row = (warp - 1) * Tile::kWarpRows;
-    float acc[kMmaTiles][4] = {};
+    // Even and odd k-steps accumulate separately: two independent MMA chains
+    // per chunk instead of one of four, so a warp gets through small stages faster.
+    float acc[2][kMmaTiles][4] = {};
     // ldmatrix lane -> (row, 16-byte chunk) of the 8x8 matrix it addresses.
     const int a_row = warp_row + (lane & 7) + ((lane >> 3) & 1) * 8;
     const int a_half = lane >> 4;
@@ -170,7 +175,7 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
 #pragma unroll
       for (int step = 0; step < kStepsPerChunk; ++step) {
 #pragma unroll
-        for (int t = 0; t < kMmaTiles; ++t) mma_m16n8k16<T>(acc[t], a[step], b[step][t]);
+        for (int t = 0; t < kMmaTiles; ++t) mma_m16n8k16<T>(acc[step & 1][t], a[step], b[step][t]);
       }
     }
 
@@ -188,14 +193,19 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
       st_async_f32(map_to_rank(slot, owner), value, map_to_rank(inbox_full_addr, owner));
     };
     const int n_local = warp_row + lane / 4;
+#pragma unroll
+    for (int t = 0; t < kMmaTiles; ++t) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[0][t][r] += acc[1][t][r];
+    }
     cluster_wait();  // every peer has started: its inbox and inbox barrier exist
 #pragma unroll
     for (int t = 0; t < kMmaTiles; ++t) {
       const int m = t * Tile::kRowsPerMmaTile + 2 * (lane % 4);
-      send(m, n_local, acc[t][0]);
-      send(m + 1, n_local, acc[t][1]);
-      send(m, n_local + 8, acc[t][2]);
-      send(m + 1, n_local + 8, acc[t][3]);
+      send(m, n_local, acc[0][t][0]);
+      send(m + 1, n_local, acc[0][t][1]);
+      send(m, n_local + 8, acc[0][t][2]);
+      send(m + 1, n_local + 8, acc[0][t][3]);
     }
 
     // Once every peer's bytes have landed, nobody touches this CTA's shared
