@@ -14,7 +14,8 @@ except ImportError as error:  # pragma: no cover - depends on the installation
         "clusterfusion's compiled extension (clusterfusion._C) could not be loaded: "
         f"{error}. Build it with `pip install -e . --no-build-isolation` against the installed torch."
     ) from error
-from .ops import MAX_FUSED_ROWS, mlp_down_residual, pythia_2b8_mlp_only, pythia_6b9_mlp_only
+from . import ops
+from .ops import *  # noqa: F401,F403  (the package exports the ops module's API)
 
-__all__ = ["mlp_down_residual", "pythia_2b8_mlp_only", "pythia_6b9_mlp_only", "MAX_FUSED_ROWS"]
+__all__ = list(ops.__all__)
 __version__ = "0.1.0"

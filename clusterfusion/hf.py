@@ -26,7 +26,7 @@ import torch
 import transformers
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
 
-from .ops import mlp_down_residual
+from .ops import mlp_down_residual, mlp_down_residual_unsupported_reason
 
 __all__ = ["patch_model", "unpatch_model", "patched", "is_patched"]
 
@@ -90,22 +90,9 @@ def _unsupported_reason(layer: GPTNeoXLayer) -> str | None:
     if layer.training and layer.post_mlp_dropout.p > 0:
         return f"training mode with hidden dropout {layer.post_mlp_dropout.p}"
     weight = layer.mlp.dense_4h_to_h.weight
-    if weight.device.type == "cpu":
-        return None if weight.dtype in (torch.float32, torch.float16, torch.bfloat16) else f"dtype {weight.dtype} on CPU"
-    if weight.device.type != "cuda":
+    if weight.device.type not in ("cpu", "cuda"):
         return f"device {weight.device} (the op runs on CUDA and CPU)"
-    if weight.dtype not in (torch.float16, torch.bfloat16):
-        return f"dtype {weight.dtype} on CUDA (the fused kernel needs float16 or bfloat16)"
-    major, minor = torch.cuda.get_device_capability(weight.device)
-    if major < 9:
-        return f"{weight.device} has compute capability {major}.{minor} (the kernel needs 9.0 or newer)"
-    row_bytes = weight.stride(0) * weight.element_size()
-    if weight.shape[1] % 8 != 0 or weight.stride(1) != 1 or row_bytes % 16 or weight.data_ptr() % 16:
-        return (
-            f"dense_4h_to_h.weight shape {tuple(weight.shape)}, strides {weight.stride()}, address "
-            f"{weight.data_ptr():#x} (the kernel needs 16-byte aligned rows)"
-        )
-    return None
+    return mlp_down_residual_unsupported_reason(weight)
 
 
 def _layers(model: torch.nn.Module) -> list[GPTNeoXLayer]:

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["mlp_down_residual", "pythia_2b8_mlp_only", "pythia_6b9_mlp_only", "MAX_FUSED_ROWS"]
+__all__ = [
+    "mlp_down_residual",
+    "mlp_down_residual_unsupported_reason",
+    "pythia_2b8_mlp_only",
+    "pythia_6b9_mlp_only",
+    "MAX_FUSED_ROWS",
+]
 
 #: Rows (tokens decoded together) served by the fused kernel; more go to cuBLAS.
 MAX_FUSED_ROWS = 16
@@ -55,6 +61,22 @@ def mlp_down_residual(
     return torch.ops.clusterfusion.mlp_down_residual(
         hidden_states, attn_output, mlp_intermediate, weight, bias
     )
+
+
+def mlp_down_residual_unsupported_reason(weight: torch.Tensor) -> str | None:
+    """Why :func:`mlp_down_residual` would reject ``weight`` on its device, or ``None``.
+
+    The backend of ``weight``'s device runs the checks the op itself runs on the
+    weight (dtype; on CUDA also the layout the kernel streams, the GPU and this
+    build's architectures) and returns the message the op would raise. Callers
+    can route around the op without calling it. Shapes of the other arguments
+    are not part of the answer.
+
+    Raises:
+        NotImplementedError: ``weight`` is on a device with no backend (not CPU
+            or CUDA).
+    """
+    return torch.ops.clusterfusion.mlp_down_residual_unsupported_reason(weight) or None
 
 
 def pythia_2b8_mlp_only(

@@ -10,12 +10,18 @@
 namespace clusterfusion {
 namespace {
 
+const std::initializer_list<at::ScalarType> kCpuDtypes = {at::kHalf, at::kBFloat16, at::kFloat};
+
 at::Tensor mlp_down_residual_cpu(const at::Tensor& hidden_states, const at::Tensor& attn_output,
                                  const at::Tensor& mlp_intermediate, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias) {
   check_mlp_down_residual_args(hidden_states, attn_output, mlp_intermediate, weight, bias);
-  check_dtype_allowed(weight, {at::kHalf, at::kBFloat16, at::kFloat}, "CPU");
+  check_dtype_allowed(weight, kCpuDtypes, "CPU");
   return mlp_down_residual_reference(hidden_states, attn_output, mlp_intermediate, weight, bias);
+}
+
+std::string mlp_down_residual_unsupported_reason_cpu(const at::Tensor& weight) {
+  return failure_message([&] { check_dtype_allowed(weight, kCpuDtypes, "CPU"); });
 }
 
 // The seed project's entry points: mlp_down_residual with the model's sizes enforced.
@@ -55,6 +61,9 @@ TORCH_LIBRARY(clusterfusion, m) {
   m.def(
       "mlp_down_residual(Tensor hidden_states, Tensor attn_output, Tensor mlp_intermediate, "
       "Tensor weight, Tensor? bias) -> Tensor");
+  // Why the backend of weight's device would reject it (the message the op
+  // would raise), or "" when it takes it.
+  m.def("mlp_down_residual_unsupported_reason(Tensor weight) -> str");
   // Composite: they check the model's sizes and call mlp_down_residual.
   m.def(
       "pythia_2b8_mlp_only(Tensor hidden_states, Tensor attn_output, Tensor mlp_intermediate, "
@@ -66,7 +75,10 @@ TORCH_LIBRARY(clusterfusion, m) {
       &pythia_6b9_mlp_only);
 }
 
-TORCH_LIBRARY_IMPL(clusterfusion, CPU, m) { m.impl("mlp_down_residual", &mlp_down_residual_cpu); }
+TORCH_LIBRARY_IMPL(clusterfusion, CPU, m) {
+  m.impl("mlp_down_residual", &mlp_down_residual_cpu);
+  m.impl("mlp_down_residual_unsupported_reason", &mlp_down_residual_unsupported_reason_cpu);
+}
 
 }  // namespace clusterfusion
 

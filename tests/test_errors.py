@@ -125,3 +125,36 @@ def test_unsupported_gpu_gets_a_clear_error():
     inputs = make_inputs(1, 64, 128, torch.float16, "cuda")
     with pytest.raises(RuntimeError, match=r"compute capability .*9\.0 or newer"):
         _call(inputs)
+
+
+def _reason(weight):
+    return clusterfusion.mlp_down_residual_unsupported_reason(weight)
+
+
+def test_unsupported_reason_is_the_ops_message_on_cpu():
+    assert _reason(_cpu()["weight"]) is None
+    doubles = {k: (v.double() if v is not None else None) for k, v in _cpu().items()}
+    reason = _reason(doubles["weight"])
+    assert reason is not None and "'weight' has dtype Double" in reason
+    with pytest.raises(TypeError) as info:
+        _call(doubles)
+    assert reason in str(info.value)
+
+
+def test_unsupported_reason_needs_a_backend():
+    with pytest.raises(NotImplementedError):
+        _reason(torch.empty(4, 8, device="meta"))
+
+
+@gpu
+def test_unsupported_reason_is_the_ops_message_on_cuda():
+    inputs = _gpu_inputs()
+    assert _reason(inputs["weight"]) is None
+    misaligned = torch.randn(256 * 1024 + 1, dtype=torch.float16, device="cuda")[1:].view(256, 1024)
+    floats = {k: (v.float() if v is not None else None) for k, v in inputs.items()}
+    for call, exc in [(dict(inputs, weight=misaligned), ValueError), (floats, TypeError)]:
+        reason = _reason(call["weight"])
+        assert reason is not None
+        with pytest.raises(exc) as info:
+            _call(call)
+        assert reason in str(info.value)

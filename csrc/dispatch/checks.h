@@ -8,6 +8,7 @@
 
 #include <initializer_list>
 #include <optional>
+#include <string>
 
 namespace clusterfusion {
 
@@ -17,6 +18,18 @@ struct MlpDownShape {
   int64_t hidden;
   int64_t ffn;
 };
+
+// The message `check` raises, or "" when it passes: lets a backend say whether
+// it would take an argument without running the op.
+template <typename Check>
+std::string failure_message(Check&& check) {
+  try {
+    check();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return {};
+}
 
 inline void check_dtype_allowed(const at::Tensor& weight,
                                 std::initializer_list<at::ScalarType> allowed, const char* backend) {

@@ -51,8 +51,22 @@ bool use_programmatic_launch() {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Loaded device-memory latency assumed by the pipeline-depth rule (Little's law).
+// Loaded device-memory latency: an SM with fewer weight bytes in flight than its
+// share of the bandwidth times this streams proportionally slower (Little's law).
 constexpr double kLoadedLatencySeconds = 2.5e-6;
+
+// The ring is sized to cover more than that: across a launch boundary a CTA
+// starts with its whole ring in flight and the queues are long. A per-CTA trace
+// of 32-layer graphs (H200, M=1) put the first full stage 2-4 us after a CTA's
+// start and griddepcontrol.wait's return 0.5-1.6 us after the previous grid's
+// end. Same call: 2.8B 176:8 at 7 stages 14.9 us and 9 stages 14.8 us, against
+// 15.0-15.1 at the 2.5 us depth (5 stages); 6.9B 64:2 at 16 or 24 stages 33.7 us
+// against 34.0 at 12.
+constexpr double kRingCoverSeconds = 5e-6;
+
+// Past this depth, rings of small stages got slower: 2.8B 40:2 at 32 stages
+// 17.1 us against 15.0 at 16 (H200, same call).
+constexpr int kMaxPlannedStages = 16;
 
 // Fixed cost of one pipeline stage whatever its size (barrier round trips, two
 // TMA issues, the consumers' wait, fragment loads and MMA chain). Plans made of
@@ -139,7 +153,8 @@ struct PlanContext {
   size_t smem_optin;              // shared memory one CTA may use
   size_t smem_exclusive;          // the least a CTA must ask for to keep its SM to itself
   double sm_bytes_per_second;     // an SM's share of the peak bandwidth
-  double inflight_bytes_per_sm;   // Little's law target for the weight stream
+  double inflight_bytes_per_sm;   // Little's law: below this an SM streams slower
+  double ring_bytes_per_sm;       // what the ring is sized for (kRingCoverSeconds)
   double stage_overhead_seconds;  // kStageOverheadCycles at the SM clock
   PlanOverride forced;
 };
@@ -164,8 +179,8 @@ bool evaluate_plan(const PlanContext& c, int cluster, int block_n, LaunchPlan* p
   const double weight_tile = static_cast<double>(block_n) * Tile::kChunkBytes;
   int stages = c.forced.stages;
   if (stages == 0) {
-    const double wanted = std::ceil(c.inflight_bytes_per_sm / weight_tile);
-    stages = static_cast<int>(std::clamp<double>(wanted, Tile::kMinStages, Tile::kMaxStages));
+    const double wanted = std::ceil(c.ring_bytes_per_sm / weight_tile);
+    stages = static_cast<int>(std::clamp<double>(wanted, Tile::kMinStages, kMaxPlannedStages));
   }
   while (stages >= Tile::kMinStages &&
          mlp_down::smem_bytes(block_n, c.mma_tiles, cluster, stages) > c.smem_optin) {
@@ -189,7 +204,15 @@ bool evaluate_plan(const PlanContext& c, int cluster, int block_n, LaunchPlan* p
   // streams proportionally slower (H200, 6.9B, M=1: 2 stages of a 256-row tile
   // took 49.7 us, 3 stages 37.6 us).
   const double starvation = std::max(1.0, c.inflight_bytes_per_sm / (weight_tile * plan->stages));
-  const double waves = static_cast<double>(ceil_div(plan->row_tiles, resident));
+  // One cluster slot stays free for the next grid. When a grid takes every
+  // slot, the next grid's last cluster can only start where this grid's last
+  // one exits, finishes last in turn, and the lag carries over layer after
+  // layer (trace, H200, 2.8B 176:8, 15 of 15 slots: 1-3 clusters started
+  // after the previous grid's end, about 1 us after the others, and one of
+  // them finished last in 29 of 31 layers). Same call: 184:8:9 (14 slots,
+  // 112 SMs) 13.8 us against 176:8:9 (15 slots, 120 SMs) 14.5-14.6 us.
+  const int slots = std::max(1, resident - 1);
+  const double waves = static_cast<double>(ceil_div(plan->row_tiles, slots));
   const double stream = chunks * weight_tile * starvation / c.sm_bytes_per_second;
   const double overhead = chunks * c.stage_overhead_seconds;
   cost->seconds = waves * std::max(stream, overhead / kOverlappableOverhead);
@@ -202,10 +225,11 @@ bool evaluate_plan(const PlanContext& c, int cluster, int block_n, LaunchPlan* p
 // lowest cost of evaluate_plan.
 //  * Residency is queried, not assumed, so the choice follows the SM count, the
 //    GPC layout and the shared memory of the card.
-//  * The pipeline is only as deep as Little's law asks: weight bytes in flight
-//    per SM of about peak bandwidth x loaded latency / SMs. Deeper rings were
-//    measured slower (H100, 2.8B: 3 stages 21.5 us, 5 stages 23.8 us, 10 stages
-//    25.3 us): the extra requests only queue and stretch the tail.
+//  * The ring holds the SM's share of the peak bandwidth for kRingCoverSeconds,
+//    in at most kMaxPlannedStages stages and what shared memory allows. When two
+//    CTAs shared an SM (v3, H100, 2.8B) deeper rings were slower (3 stages
+//    21.5 us, 5 stages 23.8, 10 stages 25.3); with an SM per CTA they gain a
+//    little (H200, see kRingCoverSeconds). The H100 has not run the latter.
 //  * Every CTA asks for more than half a multiprocessor's shared memory, so no
 //    other CTA of this kernel shares its SM. Otherwise the block scheduler packs
 //    two CTAs onto the SMs that free up first (with programmatic dependent
@@ -214,7 +238,8 @@ bool evaluate_plan(const PlanContext& c, int cluster, int block_n, LaunchPlan* p
 //    37.0 -> 34.0 us. The next grid still launches early: its CTAs take over
 //    each SM as soon as this grid's CTA leaves it.
 //  * Tiles step by 8 rows, so the grid can cover the SMs that clusters of the
-//    chosen size can occupy at once (the GPC layout decides how many).
+//    chosen size can occupy at once (the GPC layout decides how many), less
+//    one cluster slot left to the next grid (see evaluate_plan).
 LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles, int64_t hidden,
                        int64_t ffn) {
   const int device = weight.device().index();
@@ -231,6 +256,7 @@ LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles,
   const DeviceRates rates = device_rates(device);
   c.sm_bytes_per_second = rates.peak_bytes_per_second / prop->multiProcessorCount;
   c.inflight_bytes_per_sm = c.sm_bytes_per_second * kLoadedLatencySeconds;
+  c.ring_bytes_per_sm = c.sm_bytes_per_second * kRingCoverSeconds;
   c.stage_overhead_seconds = kStageOverheadCycles / rates.sm_cycles_per_second;
   c.forced = plan_override();
   check_device_supported(weight, kind, mma_tiles, c.smem_optin);
@@ -300,6 +326,26 @@ void check_cuda_args(const at::Tensor& weight, int64_t ffn) {
                     weight.data_ptr(), " (a view with an odd storage offset?)");
 }
 
+const std::initializer_list<at::ScalarType> kCudaDtypes = {at::kHalf, at::kBFloat16};
+
+ScalarKind scalar_kind(const at::Tensor& weight) {
+  return weight.scalar_type() == at::kHalf ? ScalarKind::kHalf : ScalarKind::kBFloat16;
+}
+
+// Everything the CUDA backend requires of the weight alone: dtype, layout, and
+// a GPU this build has code for.
+std::string mlp_down_residual_unsupported_reason_cuda(const at::Tensor& weight) {
+  return failure_message([&] {
+    TORCH_CHECK_VALUE(weight.dim() == 2, kOp, ": argument 'weight' must be 2-D [hidden, ffn]; got shape ",
+                      weight.sizes());
+    check_dtype_allowed(weight, kCudaDtypes, "CUDA");
+    check_cuda_args(weight, weight.size(1));
+    const c10::cuda::CUDAGuard guard(weight.device());
+    check_device_supported(weight, scalar_kind(weight), 1,
+                           at::cuda::getDeviceProperties(weight.device().index())->sharedMemPerBlockOptin);
+  });
+}
+
 CUtensorMapDataType tma_dtype(ScalarKind kind) {
   return kind == ScalarKind::kHalf ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
 }
@@ -309,7 +355,7 @@ at::Tensor mlp_down_residual_cuda(const at::Tensor& hidden_states, const at::Ten
                                   const std::optional<at::Tensor>& bias) {
   const MlpDownShape shape =
       check_mlp_down_residual_args(hidden_states, attn_output, mlp_intermediate, weight, bias);
-  check_dtype_allowed(weight, {at::kHalf, at::kBFloat16}, "CUDA");
+  check_dtype_allowed(weight, kCudaDtypes, "CUDA");
   check_cuda_args(weight, shape.ffn);
   const c10::cuda::CUDAGuard guard(weight.device());
 
@@ -326,7 +372,7 @@ at::Tensor mlp_down_residual_cuda(const at::Tensor& hidden_states, const at::Ten
   const std::optional<at::Tensor> b =
       bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
 
-  const ScalarKind kind = weight.scalar_type() == at::kHalf ? ScalarKind::kHalf : ScalarKind::kBFloat16;
+  const ScalarKind kind = scalar_kind(weight);
   const int mma_tiles = mlp_down::mma_tiles_for_rows(static_cast<int>(shape.rows));
   const LaunchPlan& plan = plan_for(weight, kind, mma_tiles, shape.hidden, shape.ffn);
 
@@ -360,6 +406,9 @@ at::Tensor mlp_down_residual_cuda(const at::Tensor& hidden_states, const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) { m.impl("mlp_down_residual", &mlp_down_residual_cuda); }
+TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) {
+  m.impl("mlp_down_residual", &mlp_down_residual_cuda);
+  m.impl("mlp_down_residual_unsupported_reason", &mlp_down_residual_unsupported_reason_cuda);
+}
 
 }  // namespace clusterfusion

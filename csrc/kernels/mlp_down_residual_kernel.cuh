@@ -120,22 +120,28 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
     __syncwarp();
     cluster_wait();
   } else {
+    // Calls f(m, j) for every (input row m, owned row j) this consumer thread
+    // finishes. The residual pass and the epilogue walk the same pairs, so each
+    // thread only reads back residual terms it wrote itself: no barrier between.
+    auto for_each_owned = [&](auto&& f) {
+      for (int idx = threadIdx.x - 32; idx < count * p.rows; idx += blockDim.x - 32) {
+        f(idx / count, idx % count);
+      }
+    };
     // The residual terms of the owned rows, read while the first tiles are in
-    // flight (they may come from the previous kernel: wait for it first). The
-    // epilogue walks the same (thread -> row) mapping, so it needs no barrier.
+    // flight (they may come from the previous kernel: wait for it first).
     grid_dependency_wait();
     const T* hidden = static_cast<const T*>(p.hidden_states);
     const T* attn = static_cast<const T*>(p.attn_output);
     const T* bias = static_cast<const T*>(p.bias);
-    for (int idx = threadIdx.x - 32; idx < count * p.rows; idx += blockDim.x - 32) {
-      const int m = idx / count;
-      const int n = row0 + first + idx % count;
+    for_each_owned([&](int m, int j) {
+      const int n = row0 + first + j;
       const size_t at = static_cast<size_t>(m) * p.n + n;
       float r = bias != nullptr ? to_float(bias[n]) : 0.f;
       r += to_float(attn[at]);
       r += to_float(hidden[at]);
-      residual[m * share + idx % count] = r;
-    }
+      residual[m * share + j] = r;
+    });
 
     const int warp_row = (warp - 1) * Tile::kWarpRows;
     // Even and odd k-steps accumulate separately: two independent MMA chains
@@ -213,16 +219,14 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
     // finishes the rows whose residual terms it summed above.
     mbarrier_wait(inbox_full, 0);
     T* out = static_cast<T*>(p.out);
-    for (int idx = threadIdx.x - 32; idx < count * p.rows; idx += blockDim.x - 32) {
-      const int m = idx / count;
-      const int j = idx % count;
+    for_each_owned([&](int m, int j) {
       float sum = 0.f;
 #pragma unroll
       for (int q = 0; q < Tile::kMaxClusterSize; ++q) {
         if (q < cluster_size) sum += inbox[(q * kInputRows + m) * share + j];
       }
       out[static_cast<size_t>(m) * p.n + row0 + first + j] = from_float<T>(sum + residual[m * share + j]);
-    }
+    });
   }
 }
 
