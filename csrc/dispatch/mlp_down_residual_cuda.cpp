@@ -75,9 +75,11 @@ constexpr int kMaxPlannedStages = 16;
 constexpr double kStageOverheadCycles = 300;
 
 // How much of a CTA's streaming time its stages' fixed cost may take before it,
-// not the memory, sets the pace (H200, 2.8B: 40:2, whose 80 stages cost 1.07x
-// their streaming time, ran at 15.1-15.6 us against 14.8 us for 176:8; 6.9B:
-// 64:2 at 0.67x was the fastest plan).
+// not the memory, sets the pace. H200: 6.9B 64:2, whose stages cost 0.67x its
+// streaming time, was the fastest plan. 2.8B 40:2 (1.07x) ran at 15.1-15.6 us
+// against 14.8 us for 176:8, but it stayed at 14.8-15.0 us with a quarter of
+// the stages (docs/performance.md, v11c): the bound keeps the planner off a
+// plan that is slower for other reasons too.
 constexpr double kOverlappableOverhead = 0.8;
 
 // Rates of the device the planner works from.
