@@ -57,6 +57,51 @@ def test_bitwise_deterministic(rows, dtype):
         assert torch.equal(clusterfusion.mlp_down_residual(**inputs), first)
 
 
+def _chain(layers, first_input):
+    """Runs the layers back to back, each reading the previous output as its
+    input rows and its hidden state (hidden == ffn), so a launch that read
+    either before the previous kernel finished would see stale or NaN data."""
+    outs, x = [], first_input
+    for layer in layers:
+        x = clusterfusion.mlp_down_residual(x, layer["attn_output"], x, layer["weight"], layer["bias"])
+        outs.append(x)
+    return outs
+
+
+def _check_chain(layers, first_input, outs, dtype):
+    x = first_input
+    for layer, out in zip(layers, outs):
+        expected = reference(x, layer["attn_output"], x, layer["weight"], layer["bias"])
+        assert rel_err(out, expected) < TOLERANCE[dtype]
+        x = out
+
+
+@gpu
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graph"])
+def test_back_to_back_launches_wait_for_the_previous_output(graphed):
+    # The next launch starts streaming its weights while this one is still
+    # running (programmatic dependent launch); everything it reads from us
+    # must come after that wait.
+    dtype, width = torch.float16, 2048
+    layers = [make_inputs(1, width, width, dtype, "cuda") for _ in range(8)]
+    first = make_inputs(1, width, width, dtype, "cuda")["hidden_states"]
+    if not graphed:
+        _check_chain(layers, first, _chain(layers, first), dtype)
+        return
+    _chain(layers, first)  # plans and tensor maps outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = _chain(layers, first)
+    for _ in range(3):
+        first.copy_(make_inputs(1, width, width, dtype, "cuda")["hidden_states"])
+        for out in outs:
+            out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        _check_chain(layers, first, outs, dtype)
+
+
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_cuda_graph_capture_and_replay_with_new_values(dtype):

@@ -82,6 +82,18 @@ constexpr double kStageOverheadCycles = 300;
 // plan that is slower for other reasons too.
 constexpr double kOverlappableOverhead = 0.8;
 
+// When a CTA lets the next grid launch: once this fraction of its chunks is
+// left to consume. CTAs of one grid finish up to a fifth of their stream apart
+// (the SMs get unequal bandwidth), and the next grid's CTAs can take over the
+// SMs that free up first only if that grid is already launched. Triggering
+// after the last weight load (a ring's worth left) was too late for 6.9B 64:2:16
+// (16 of 128 chunks left: 33.45 us; from 0.3 to 1.0 of them left: 32.8 us).
+// Triggering at the start was too early for 2.8B 184:8:8 (14.12 us against
+// 13.8-13.9 from 0.4 to 0.5 left): the next grid's first clusters then fill
+// their rings while this grid ramps up, not while it drains. H200, M=1, same call,
+// with the L2 promotion of the time (256 bytes; see tensor_map.cpp).
+constexpr double kTriggerFractionLeft = 0.5;
+
 // Rates of the device the planner works from.
 struct DeviceRates {
   double peak_bytes_per_second;  // from the memory clock and bus width
@@ -194,6 +206,7 @@ bool evaluate_plan(const PlanContext& c, int cluster, int block_n, LaunchPlan* p
   plan->row_tiles = static_cast<int>(ceil_div(c.hidden, block_n));
   plan->chunks_per_cta = static_cast<int>(chunks);
   plan->stages = static_cast<int>(std::min<int64_t>(stages, chunks));
+  plan->trigger_chunks_left = static_cast<int>(std::ceil(chunks * kTriggerFractionLeft));
   plan->threads = 32 * (1 + mlp_down::consumer_warps(block_n));
   plan->smem_bytes = std::max(mlp_down::smem_bytes(block_n, c.mma_tiles, cluster, plan->stages),
                               c.smem_exclusive);
@@ -287,11 +300,11 @@ LaunchPlan choose_plan(const at::Tensor& weight, ScalarKind kind, int mma_tiles,
   if (env_flag("CLUSTERFUSION_VERBOSE", false)) {
     std::fprintf(stderr,
                  "[clusterfusion] %s: hidden=%lld ffn=%lld mma_tiles=%d -> block_n=%d cluster=%d "
-                 "grid=(%d,%d) chunks/cta=%d stages=%d threads=%d smem=%zu resident_clusters=%d "
-                 "modeled_us=%.1f\n",
+                 "grid=(%d,%d) chunks/cta=%d stages=%d trigger_chunks_left=%d threads=%d smem=%zu "
+                 "resident_clusters=%d modeled_us=%.1f\n",
                  prop->name, static_cast<long long>(hidden), static_cast<long long>(ffn), mma_tiles,
                  best.block_n, best.cluster_size, best.cluster_size, best.row_tiles,
-                 best.chunks_per_cta, best.stages, best.threads, best.smem_bytes,
+                 best.chunks_per_cta, best.stages, best.trigger_chunks_left, best.threads, best.smem_bytes,
                  best.resident_clusters, best_cost.seconds * 1e6);
   }
   return best;
@@ -399,6 +412,7 @@ at::Tensor mlp_down_residual_cuda(const at::Tensor& hidden_states, const at::Ten
   params.chunks_per_cta = plan.chunks_per_cta;
   params.block_n = plan.block_n;
   params.stages = plan.stages;
+  params.trigger_chunks_left = plan.trigger_chunks_left;
 
   C10_CUDA_CHECK(mlp_down::launch(kind, mma_tiles, weight_map, input_map, params, plan,
                                   use_programmatic_launch(), at::cuda::getCurrentCUDAStream()));

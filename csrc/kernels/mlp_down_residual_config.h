@@ -47,6 +47,7 @@ struct Params {
   int chunks_per_cta;          // reduction chunks owned by each CTA of a cluster
   int block_n;                 // weight rows per CTA (multiple of kRowStep)
   int stages;                  // pipeline depth
+  int trigger_chunks_left;     // chunks a CTA has left to consume when it lets the next grid launch
 };
 
 // How one problem is laid out on the GPU. grid = (cluster_size, row_tiles).
@@ -56,6 +57,7 @@ struct LaunchPlan {
   int row_tiles = 0;
   int chunks_per_cta = 0;
   int stages = 0;
+  int trigger_chunks_left = 0;  // see Params
   int threads = 0;
   size_t smem_bytes = 0;
   int resident_clusters = 0;  // clusters of this plan the device holds at once

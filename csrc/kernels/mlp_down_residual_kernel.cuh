@@ -103,6 +103,13 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
         tma_load_2d(stage_ptr(i), &weight_map, &full[i], chunk_k(i), row0, stream_once);
       }
       grid_dependency_wait();
+      // The next grid may launch (it waits for this one to finish before
+      // reading anything we write) once p.trigger_chunks_left chunks are left
+      // to consume, and never before the grid we depend on has finished.
+      // Issuing chunk i tells that chunk i - stages has been consumed.
+      const int trigger_after =
+          max(prologue - 1, min(chunk_count - 1, chunk_count - 1 - p.trigger_chunks_left + p.stages));
+      if (trigger_after < prologue) grid_dependency_launch_dependents();
       for (int i = 0; i < prologue; ++i) {
         tma_load_2d(stage_ptr(i) + weight_tile_bytes, &input_map, &full[i], chunk_k(i), 0, keep);
       }
@@ -112,10 +119,8 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
         mbarrier_arrive_expect_tx(&full[s], stage_bytes);
         tma_load_2d(stage_ptr(s), &weight_map, &full[s], chunk_k(i), row0, stream_once);
         tma_load_2d(stage_ptr(s) + weight_tile_bytes, &input_map, &full[s], chunk_k(i), 0, keep);
+        if (i == trigger_after) grid_dependency_launch_dependents();
       }
-      // Every weight load is issued: the next grid may start its own prologue
-      // (it waits for this grid to finish before reading anything we write).
-      grid_dependency_launch_dependents();
     }
     __syncwarp();
     cluster_wait();
