@@ -1,23 +1,29 @@
 """End-to-end benchmark: HuggingFace GPT-NeoX (Pythia) decoding with and without
 clusterfusion's fused MLP-down + residual op, measured as time per output token.
 
-Two arms, PyTorch (HuggingFace as shipped) and clusterfusion (every decoder
-layer patched by ``clusterfusion.hf.patch_model``), each in two modes:
+Arms: PyTorch (HuggingFace as shipped) and clusterfusion (every decoder layer
+patched by ``clusterfusion.hf.patch_model``), in two modes:
 
-* eager: HuggingFace ``generate`` (greedy, dynamic cache);
 * graph: prefill, then one decode step captured in a CUDA graph with a
-  ``StaticCache`` and replayed once per token (how a serving stack runs).
+  ``StaticCache`` and replayed once per token (how a serving stack runs). Both
+  arms also run with ``torch.compile(model.forward)`` inside that graph (what a
+  user who wants speed runs today): four arms, PyTorch, PyTorch compiled,
+  clusterfusion, clusterfusion compiled. Each arm's set-up time (warm-up,
+  compilation and capture) is reported.
+* eager: HuggingFace ``generate`` (greedy, dynamic cache), PyTorch and clusterfusion.
 
 For every token count the arms run interleaved, several times, and the median is
 reported: seconds for the whole request (prefill + decode), and TPOT = decode
-time / new tokens. Fidelity is checked in the same run: teacher-forced (both arms
-fed the same tokens) logits relative error and top-1 agreement per step, and
-free-running greedy tokens compared.
+time / new tokens. Speedups are against the fastest PyTorch arm of the mode.
+Fidelity is checked in the same run: teacher-forced (every arm fed PyTorch's
+tokens) logits relative error and top-1 agreement per step against the
+uncompiled PyTorch arm, and free-running greedy tokens compared.
 
     python benchmark_e2e.py                       # Pythia-2.8B config, random weights
     python benchmark_e2e.py --config 6.9b
     python benchmark_e2e.py --model /path/to/pythia-2.8b   # a local checkpoint
     python benchmark_e2e.py --tokens 16 128 1024 --modes graph --plot tpot.png
+    python benchmark_e2e.py --no-compile           # without the torch.compile arms
 """
 
 from __future__ import annotations
@@ -36,7 +42,14 @@ CONFIGS = {
     "6.9b": dict(hidden_size=4096, num_attention_heads=32, intermediate_size=16384, num_hidden_layers=32, vocab_size=50432),
 }
 TOKENS = [16, 32, 64, 128, 256, 512, 1024, 2048]
-ARMS = ("pytorch", "clusterfusion")
+EAGER_ARMS = ("pytorch", "clusterfusion")
+COMPILED_ARMS = ("pytorch_compiled", "clusterfusion_compiled")
+LABELS = {
+    "pytorch": "PyTorch",
+    "pytorch_compiled": "PyTorch + compile",
+    "clusterfusion": "clusterfusion",
+    "clusterfusion_compiled": "clusterfusion + compile",
+}
 WARMUP_TOKENS = 16  # enough to set up the allocator, cuBLAS and generate(); a long warm-up only costs time
 
 
@@ -61,12 +74,17 @@ class GraphDecoder:
     The graph reads the current token, writes the next one in place, appends it
     to a device-side history and leaves the step's logits in ``self.logits``, so
     replaying it N times decodes N tokens with no host work in between.
+    ``forward`` runs the captured decode step (the model itself or a compiled
+    ``model.forward``); the prefill runs the model eagerly. ``setup_seconds``
+    is the time to warm up (and compile) and capture.
     """
 
-    def __init__(self, model, prompt, max_new_tokens):
+    def __init__(self, model, prompt, max_new_tokens, forward=None):
         from transformers import StaticCache
 
+        start = time.perf_counter()
         self.model, self.prompt = model, prompt
+        self.forward = forward or model
         self.cache = StaticCache(config=model.config, max_cache_len=prompt.shape[1] + max_new_tokens + 1)
         self.token = torch.zeros(1, 1, dtype=torch.long, device="cuda")
         self.history = torch.zeros(max_new_tokens + 1, dtype=torch.long, device="cuda")
@@ -82,17 +100,19 @@ class GraphDecoder:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.logits = self._step()
+        torch.cuda.synchronize()
+        self.setup_seconds = time.perf_counter() - start
 
-    def _forward(self, ids):
+    def _forward(self, ids, forward=None):
         """Runs the model on ids, makes its greedy token current and records it."""
-        logits = self.model(ids, past_key_values=self.cache, use_cache=True).logits[:, -1]
+        logits = (forward or self.model)(ids, past_key_values=self.cache, use_cache=True).logits[:, -1]
         self.token.copy_(logits.argmax(-1, keepdim=True))
         self.history.index_copy_(0, self.position, self.token[0])
         self.position.add_(1)
         return logits
 
     def _step(self):
-        return self._forward(self.token)
+        return self._forward(self.token, self.forward)
 
     @torch.no_grad()
     def prefill(self):
@@ -163,23 +183,24 @@ def progress(total, desc):
 
 
 def measure(decoders, token_counts, reps, desc, on_row):
-    """Interleaved timing of both arms. Each token count's row of medians and
-    spreads goes to on_row as soon as it is measured, so a run cut short keeps
-    what it measured."""
+    """Interleaved timing of every arm in `decoders`. Each token count's row of
+    medians and spreads goes to on_row as soon as it is measured, so a run cut
+    short keeps what it measured."""
     if not token_counts:
         return
-    for arm in ARMS:  # warm-up: allocator, cuBLAS and generate() set-up stay out of the figures
+    arms = tuple(decoders)
+    for arm in arms:  # warm-up: allocator, cuBLAS and generate() set-up stay out of the figures
         decoders[arm].timed_generate(min(WARMUP_TOKENS, *token_counts))
-    with progress(len(token_counts) * reps * len(ARMS), desc) as bar:
+    with progress(len(token_counts) * reps * len(arms), desc) as bar:
         for n in token_counts:
-            samples = {arm: [] for arm in ARMS}
+            samples = {arm: [] for arm in arms}
             for rep in range(reps):
-                order = ARMS if rep % 2 == 0 else ARMS[::-1]
+                order = arms if rep % 2 == 0 else arms[::-1]
                 for arm in order:
                     samples[arm].append(decoders[arm].timed_generate(n))
                     bar.update(1)
             row = dict(tokens=n)
-            for arm in ARMS:
+            for arm in arms:
                 total = statistics.median(s[0] for s in samples[arm])
                 decode = statistics.median(s[1] for s in samples[arm])
                 tpots = [s[1] / max(n - 1, 1) * 1e3 for s in samples[arm]]
@@ -188,58 +209,69 @@ def measure(decoders, token_counts, reps, desc, on_row):
                     tpot_ms=decode / max(n - 1, 1) * 1e3,
                     spread_pct=100 * (max(tpots) - min(tpots)) / statistics.median(tpots),
                 )
-            row["speedup"] = row["pytorch"]["seconds"] / row["clusterfusion"]["seconds"]
-            row["tpot_speedup"] = row["pytorch"]["tpot_ms"] / row["clusterfusion"]["tpot_ms"]
+            baseline = min((arm for arm in arms if arm.startswith("pytorch")), key=lambda a: row[a]["tpot_ms"])
+            row["fastest_pytorch"] = baseline
+            for arm in arms:
+                if arm.startswith("clusterfusion"):
+                    row[arm]["speedup"] = row[baseline]["seconds"] / row[arm]["seconds"]
+                    row[arm]["tpot_speedup"] = row[baseline]["tpot_ms"] / row[arm]["tpot_ms"]
             on_row(row)
 
 
 def fidelity(graphs, steps):
-    """Teacher-forced logits error / top-1 agreement, and free-running greedy agreement."""
+    """Against the uncompiled PyTorch arm, for every other arm: teacher-forced
+    logits error and top-1 agreement, and free-running greedy agreement."""
     reference_tokens = graphs["pytorch"].greedy_tokens(steps)
     forced = reference_tokens.tolist()
     ref = graphs["pytorch"].teacher_forced_logits(forced)
-    got = graphs["clusterfusion"].teacher_forced_logits(forced)
-    rel = ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).tolist()
-    top1 = (got.argmax(-1) == ref.argmax(-1)).float()
-    ours = graphs["clusterfusion"].greedy_tokens(steps).tolist()
-    diverged = next((i for i, (a, b) in enumerate(zip(forced, ours)) if a != b), None)
-    return dict(
-        steps=steps,
-        teacher_forced_max_rel_err=max(rel),
-        teacher_forced_mean_rel_err=statistics.mean(rel),
-        teacher_forced_top1_agreement=top1.mean().item(),
-        greedy_match_rate=sum(a == b for a, b in zip(forced, ours)) / steps,
-        greedy_first_divergence=diverged,
-    )
+    result = dict(steps=steps)
+    for arm, decoder in graphs.items():
+        if arm == "pytorch":
+            continue
+        got = decoder.teacher_forced_logits(forced)
+        rel = ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).tolist()
+        ours = decoder.greedy_tokens(steps).tolist()
+        diverged = next((i for i, (a, b) in enumerate(zip(forced, ours)) if a != b), None)
+        result[arm] = dict(
+            teacher_forced_max_rel_err=max(rel),
+            teacher_forced_mean_rel_err=statistics.mean(rel),
+            teacher_forced_top1_agreement=(got.argmax(-1) == ref.argmax(-1)).float().mean().item(),
+            greedy_match_rate=sum(a == b for a, b in zip(forced, ours)) / steps,
+            greedy_first_divergence=diverged,
+        )
+    return result
 
 
-def print_table_header(mode, card, source):
+def print_table_header(mode, card, source, arms):
     print(f"\n### {mode} mode: {source}, {card}, batch 1\n")
-    print("| Tokens | CF(s) | PyTorch(s) | Speedup | TPOT CF(ms) | TPOT PT(ms) | TPOT speedup | spread CF / PT |")
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    print("TPOT in ms per token; speedups against the fastest PyTorch arm of the row (TPOT, and whole-request seconds).\n")
+    cf_arms = [a for a in arms if a.startswith("clusterfusion")]
+    cols = [f"TPOT {LABELS[a]}" for a in arms] + ["fastest PyTorch"]
+    cols += [f"{LABELS[a]} speedup (TPOT / request)" for a in cf_arms] + ["spread (max-min)/median"]
+    print("| Tokens | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|", flush=True)
 
 
-def print_table_row(r):
-    cf, pt = r["clusterfusion"], r["pytorch"]
-    print(
-        f"| {r['tokens']} | {cf['seconds']:.3f} | {pt['seconds']:.3f} | {r['speedup']:.2f}x | {cf['tpot_ms']:.2f} | "
-        f"{pt['tpot_ms']:.2f} | {r['tpot_speedup']:.2f}x | {cf['spread_pct']:.1f}% / {pt['spread_pct']:.1f}% |",
-        flush=True,
-    )
+def print_table_row(r, arms):
+    cells = [f"{r[a]['tpot_ms']:.2f}" for a in arms] + [LABELS[r["fastest_pytorch"]]]
+    cells += [f"{r[a]['tpot_speedup']:.2f}x / {r[a]['speedup']:.2f}x" for a in arms if a.startswith("clusterfusion")]
+    cells.append(" / ".join(f"{r[a]['spread_pct']:.1f}%" for a in arms))
+    print(f"| {r['tokens']} | " + " | ".join(cells) + " |", flush=True)
 
 
 def print_fidelity(fid):
-    print(
-        f"\nFidelity over {fid['steps']} steps (teacher-forced, both arms fed PyTorch's greedy tokens): "
-        f"logits relative error max {fid['teacher_forced_max_rel_err']:.2e}, mean {fid['teacher_forced_mean_rel_err']:.2e}; "
-        f"top-1 agreement {100 * fid['teacher_forced_top1_agreement']:.1f}%"
-    )
-    first = fid["greedy_first_divergence"]
-    print(
-        f"Free-running greedy: {100 * fid['greedy_match_rate']:.1f}% of tokens match; "
-        f"first divergence {'none' if first is None else f'at token {first}'}",
-        flush=True,
-    )
+    print(f"\nFidelity over {fid['steps']} steps against uncompiled PyTorch (teacher-forced: every arm fed its greedy tokens):")
+    for arm, f in fid.items():
+        if arm == "steps":
+            continue
+        first = f["greedy_first_divergence"]
+        print(
+            f"  {LABELS[arm]}: logits relative error max {f['teacher_forced_max_rel_err']:.2e}, "
+            f"mean {f['teacher_forced_mean_rel_err']:.2e}; top-1 agreement {100 * f['teacher_forced_top1_agreement']:.1f}%; "
+            f"free-running greedy {100 * f['greedy_match_rate']:.1f}% of tokens match, "
+            f"first divergence {'none' if first is None else f'at token {first}'}",
+            flush=True,
+        )
 
 
 def plot(path, results, card):
@@ -250,8 +282,10 @@ def plot(path, results, card):
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for mode, rows in results.items():
-        for arm, style in zip(ARMS, ("--", "-")):
-            ax.plot([r["tokens"] for r in rows], [r[arm]["tpot_ms"] for r in rows], style, marker="o", label=f"{arm} ({mode})")
+        for arm in [a for a in LABELS if rows and a in rows[0]]:
+            style = "-" if arm.startswith("clusterfusion") else "--"
+            ax.plot([r["tokens"] for r in rows], [r[arm]["tpot_ms"] for r in rows], style, marker="o",
+                    label=f"{LABELS[arm]} ({mode})")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("new tokens")
     ax.set_ylabel("TPOT (ms)")
@@ -274,6 +308,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per token count")
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--fidelity-steps", type=int, default=128)
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="graph mode without the torch.compile arms")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="benchmark_e2e.json")
     parser.add_argument("--plot", metavar="FILE.png")
@@ -293,13 +329,26 @@ def main(argv=None) -> int:
     longest = max(max(args.tokens), args.fidelity_steps)
     print(f"{source}; {args.dtype}; {card}; torch {torch.__version__}", flush=True)
 
-    graphs = {"pytorch": GraphDecoder(model, prompt, longest)}
+    def decoder(arm):
+        compiled = arm.endswith("_compiled")
+        if compiled:
+            torch._dynamo.reset()  # the other arm's compiled code must not serve this one
+        forward = torch.compile(model.forward) if compiled else None
+        d = GraphDecoder(model, prompt, longest, forward)
+        print(f"{LABELS[arm]}: set-up (warm-up{', compilation' if compiled else ''}, capture) {d.setup_seconds:.1f} s",
+              flush=True)
+        return d
+
+    graph_arms = EAGER_ARMS + (COMPILED_ARMS if args.compile else ())
+    graphs = {arm: decoder(arm) for arm in graph_arms if arm.startswith("pytorch")}
     served = patch_model(model)
     if len(served) != model.config.num_hidden_layers:
         print(f"benchmark_e2e: only layers {served} could be patched", file=sys.stderr)
         return 1
-    graphs["clusterfusion"] = GraphDecoder(model, prompt, longest)
+    graphs.update({arm: decoder(arm) for arm in graph_arms if arm.startswith("clusterfusion")})
     unpatch_model(model)
+    graphs = {arm: graphs[arm] for arm in graph_arms}
+    setup = {arm: d.setup_seconds for arm, d in graphs.items()}
 
     fid = fidelity(graphs, args.fidelity_steps)
     print_fidelity(fid)
@@ -308,15 +357,15 @@ def main(argv=None) -> int:
     def save():
         with open(args.json, "w") as f:
             json.dump(dict(card=card, source=source, dtype=args.dtype, torch=torch.__version__, results=results,
-                           fidelity=fid), f, indent=1)
+                           fidelity=fid, setup_seconds=setup), f, indent=1)
 
     def run_mode(mode, decoders, counts):
         results[mode] = []
-        print_table_header(mode, card, source)
+        print_table_header(mode, card, source, tuple(decoders))
 
         def on_row(row):
             results[mode].append(row)
-            print_table_row(row)
+            print_table_row(row, tuple(decoders))
             save()
 
         measure(decoders, counts, args.reps, mode, on_row)

@@ -29,6 +29,12 @@ def cuda_archs() -> list[str]:
     return archs
 
 
+def sources() -> list[str]:
+    """Every C++ and CUDA source under csrc/: a new op folder needs no edit here."""
+    files = sorted(p for ext in ("*.cpp", "*.cu") for p in (ROOT / "csrc").rglob(ext))
+    return [str(p.relative_to(ROOT)) for p in files]
+
+
 def extensions():
     archs = cuda_archs()
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
@@ -37,12 +43,7 @@ def extensions():
     return [
         CUDAExtension(
             name="clusterfusion._C",
-            sources=[
-                "csrc/ops.cpp",
-                "csrc/dispatch/mlp_down_residual_cuda.cpp",
-                "csrc/dispatch/tensor_map.cpp",
-                "csrc/kernels/mlp_down_residual.cu",
-            ],
+            sources=sources(),
             include_dirs=[str(ROOT / "csrc"), str(ROOT / "csrc" / "include")],
             extra_compile_args={
                 "cxx": ["-O3", "-std=c++17", arch_list],

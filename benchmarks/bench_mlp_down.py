@@ -1,23 +1,33 @@
 """Kernel benchmark: clusterfusion's fused MLP-down + residual against PyTorch.
 
 In one run on one GPU it measures the card's streaming-read ceiling, then for
-each shape, dtype and row count the time per layer of
+each shape, dtype and token count (M) the time per layer of three arms:
 
 * PyTorch: ``F.linear(x, W, b) + attn + hidden`` (what HuggingFace runs),
-  eagerly and inside a CUDA graph,
-* the same function under ``torch.compile``, inside a CUDA graph,
-* ``clusterfusion.mlp_down_residual``, eagerly and inside a CUDA graph.
+* the same function under ``torch.compile`` (the strongest PyTorch baseline),
+* ``clusterfusion.mlp_down_residual``,
 
-Every figure is the median over many repetitions of 32 layers with 32 distinct
-weight sets (far more than the L2 cache), from random data, divided by 32.
-It also reports the host cost of one eager call. Prints a table and writes JSON.
+each timed two ways inside CUDA graphs:
+
+* back to back: 32 layers of the op alone, one after the other;
+* in context: each layer's ``F.gelu`` produces the op's input, as in the model
+  (for torch.compile the GELU is compiled with the layer). The GELU's own time,
+  measured alone in the same way, is subtracted.
+
+PyTorch and clusterfusion are also timed eagerly, with the host cost of one
+call. Every figure is the median over many repetitions of 32 layers with 32
+distinct weight sets (far more than the L2 cache), from random data, divided by
+32. Speedups are against the faster PyTorch arm of the same mode. Prints a
+table and writes JSON.
 
     python benchmarks/bench_mlp_down.py [--shapes 2.8b 6.9b] [--rows 1 2 4 8 16] [--json FILE]
+    python benchmarks/bench_mlp_down.py --arms clusterfusion --plan 184:8:8 --no-pdl   # tuning
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -38,6 +48,19 @@ def pytorch_layer(hidden_states, attn_output, mlp_intermediate, weight, bias):
 
 def clusterfusion_layer(hidden_states, attn_output, mlp_intermediate, weight, bias):
     return clusterfusion.mlp_down_residual(hidden_states, attn_output, mlp_intermediate, weight, bias)
+
+
+def after_gelu(layer_fn):
+    """The layer as the model runs it: its input is the GELU of the up projection's output."""
+
+    def layer(hidden_states, attn_output, up_output, weight, bias):
+        return layer_fn(hidden_states, attn_output, F.gelu(up_output), weight, bias)
+
+    return layer
+
+
+def gelu_only(hidden_states, attn_output, up_output, weight, bias):
+    return F.gelu(up_output)
 
 
 def median_ms(run, reps: int) -> float:
@@ -71,16 +94,16 @@ def make_weights(hidden, ffn, dtype, layers):
     ]
 
 
-def make_layers(weights, rows, dtype):
+def make_layers(weights, rows, dtype, input_name="mlp_intermediate"):
     hidden, ffn = weights[0][0].shape
     return [
-        dict(
-            hidden_states=torch.randn(rows, hidden, device="cuda", dtype=dtype),
-            attn_output=torch.randn(rows, hidden, device="cuda", dtype=dtype),
-            mlp_intermediate=torch.randn(rows, ffn, device="cuda", dtype=dtype),
-            weight=w,
-            bias=b,
-        )
+        {
+            "hidden_states": torch.randn(rows, hidden, device="cuda", dtype=dtype),
+            "attn_output": torch.randn(rows, hidden, device="cuda", dtype=dtype),
+            input_name: torch.randn(rows, ffn, device="cuda", dtype=dtype),
+            "weight": w,
+            "bias": b,
+        }
         for w, b in weights
     ]
 
@@ -127,17 +150,85 @@ def layer_bytes(hidden, ffn, rows, dtype):
     return elem * (hidden * ffn + hidden + rows * ffn + 3 * rows * hidden)
 
 
+ARMS = ("pytorch", "compile", "clusterfusion")
+
+
+def measure_row(args, layers, context_layers, compiled, compiled_in_context):
+    """Every requested arm's times for one shape, dtype and M (us per layer)."""
+    row = {}
+    if "pytorch" in args.arms:
+        row["pytorch_eager_us"] = eager_us(pytorch_layer, layers, args.reps)
+        row["pytorch_graph_us"] = graph_us(pytorch_layer, layers, args.reps)
+        row["pytorch_host_us"] = host_us(pytorch_layer, layers[0])
+    if "compile" in args.arms:
+        row["compile_graph_us"] = graph_us(compiled, layers, args.reps)
+    if "clusterfusion" in args.arms:
+        row["cf_eager_us"] = eager_us(clusterfusion_layer, layers, args.reps)
+        row["cf_graph_us"] = graph_us(clusterfusion_layer, layers, args.reps)
+        row["cf_host_us"] = host_us(clusterfusion_layer, layers[0])
+    if args.context:
+        gelu = graph_us(gelu_only, context_layers, args.reps)
+        row["gelu_graph_us"] = gelu
+        in_context = {
+            "pytorch": lambda: after_gelu(pytorch_layer),
+            "compile": lambda: compiled_in_context,
+            "clusterfusion": lambda: after_gelu(clusterfusion_layer),
+        }
+        for arm in args.arms:
+            row[f"{'cf' if arm == 'clusterfusion' else arm}_context_us"] = (
+                graph_us(in_context[arm](), context_layers, args.reps) - gelu
+            )
+    return row
+
+
+def add_ratios(row, ceiling, bytes_per_layer):
+    """Bandwidth and speedups against the faster PyTorch arm of each mode."""
+    if "cf_graph_us" in row:
+        row["cf_tbs"] = bytes_per_layer / (row["cf_graph_us"] * 1e-6) / 1e12
+        row["cf_pct_ceiling"] = 100 * row["cf_tbs"] / ceiling
+    for mode in ("graph", "context"):
+        baselines = [row[k] for k in (f"pytorch_{mode}_us", f"compile_{mode}_us") if k in row]
+        if baselines and f"cf_{mode}_us" in row:
+            row[f"best_pytorch_{mode}_us"] = min(baselines)
+            row[f"speedup_{mode}"] = min(baselines) / row[f"cf_{mode}_us"]
+    if "pytorch_host_us" in row and "cf_host_us" in row:
+        row["host_ratio"] = row["cf_host_us"] / row["pytorch_host_us"]
+
+
+def print_table(results, card, ceiling):
+    print(f"\n{card}, read ceiling {ceiling:.2f} TB/s; us per layer (median, 32 layers, distinct weights, CUDA graphs)")
+    print("Back to back: the op alone, layer after layer. In context: after the GELU that produces its input, GELU time subtracted.")
+    print("Speedup: against the faster of PyTorch and torch.compile in the same mode.\n")
+    header = (
+        "| shape | dtype | M | PT | compile | CF | % ceiling | speedup | PT in context | compile in context "
+        "| CF in context | speedup in context | host PT / CF |"
+    )
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+
+    def cell(r, key, fmt="{:.1f}"):
+        return fmt.format(r[key]) if key in r else "-"
+
+    for r in results:
+        print(
+            f"| {r['shape']} | {r['dtype']} | {r['rows']} | {cell(r, 'pytorch_graph_us')} | {cell(r, 'compile_graph_us')} | "
+            f"{cell(r, 'cf_graph_us')} | {cell(r, 'cf_pct_ceiling', '{:.1f}%')} | {cell(r, 'speedup_graph', '{:.2f}x')} | "
+            f"{cell(r, 'pytorch_context_us')} | {cell(r, 'compile_context_us')} | {cell(r, 'cf_context_us')} | "
+            f"{cell(r, 'speedup_context', '{:.2f}x')} | {cell(r, 'pytorch_host_us')} / {cell(r, 'cf_host_us')} |"
+        )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--rows", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+    parser.add_argument("--rows", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="token counts M")
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--reps", type=int, default=100)
-    parser.add_argument(
-        "--arms", nargs="+", default=["pytorch", "compile", "clusterfusion"],
-        choices=["pytorch", "compile", "clusterfusion"], help="what to time (default: all)",
-    )
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="what to time (default: all)")
+    parser.add_argument("--no-context", dest="context", action="store_false", help="skip the in-context timings")
+    parser.add_argument("--plan", help="pin clusterfusion's launch plan, BLOCK_N:CLUSTER[:STAGES] (default: the planner's)")
+    parser.add_argument("--no-pdl", dest="pdl", action="store_false", help="turn programmatic dependent launch off")
     parser.add_argument("--json", default="bench_mlp_down.json")
     args = parser.parse_args(argv)
 
@@ -151,58 +242,39 @@ def main(argv=None) -> int:
     ceiling = read_ceiling_tbs(args.reps)
     print(f"card: {card}; streaming read ceiling {ceiling:.2f} TB/s; torch {torch.__version__}", flush=True)
 
+    tuning = (
+        clusterfusion.tuning(plan=args.plan, pdl=args.pdl)
+        if args.plan is not None or not args.pdl
+        else contextlib.nullcontext()
+    )
     compiled = torch.compile(pytorch_layer, dynamic=False) if "compile" in args.arms else None
+    compiled_in_context = torch.compile(after_gelu(pytorch_layer), dynamic=False) if "compile" in args.arms else None
     results = []
-    for shape in args.shapes:
-        hidden, ffn = SHAPES[shape]
-        for dname in args.dtypes:
-            dtype = DTYPES[dname]
-            weights = make_weights(hidden, ffn, dtype, args.layers)
-            for rows in args.rows:
-                layers = make_layers(weights, rows, dtype)
-                row = dict(shape=shape, hidden=hidden, ffn=ffn, dtype=dname, rows=rows)
-                row["floor_us"] = hidden * ffn * layers[0]["weight"].element_size() / (ceiling * 1e12) * 1e6
-                if "pytorch" in args.arms:
-                    row["pytorch_eager_us"] = eager_us(pytorch_layer, layers, args.reps)
-                    row["pytorch_graph_us"] = graph_us(pytorch_layer, layers, args.reps)
-                    row["pytorch_host_us"] = host_us(pytorch_layer, layers[0])
-                if compiled is not None:
-                    row["compile_graph_us"] = graph_us(compiled, layers, args.reps)
-                if "clusterfusion" in args.arms:
-                    row["cf_eager_us"] = eager_us(clusterfusion_layer, layers, args.reps)
-                    row["cf_graph_us"] = graph_us(clusterfusion_layer, layers, args.reps)
-                    row["cf_host_us"] = host_us(clusterfusion_layer, layers[0])
-                    row["cf_tbs"] = layer_bytes(hidden, ffn, rows, dtype) / (row["cf_graph_us"] * 1e-6) / 1e12
-                    row["cf_pct_ceiling"] = 100 * row["cf_tbs"] / ceiling
-                if "pytorch" in args.arms and "clusterfusion" in args.arms:
-                    row["speedup_graph"] = row["pytorch_graph_us"] / row["cf_graph_us"]
-                    row["speedup_eager"] = row["pytorch_eager_us"] / row["cf_eager_us"]
-                    row["host_ratio"] = row["cf_host_us"] / row["pytorch_host_us"]
-                results.append(row)
-                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-                del layers
-            del weights
-            torch.cuda.empty_cache()
+    with tuning:
+        for shape in args.shapes:
+            hidden, ffn = SHAPES[shape]
+            for dname in args.dtypes:
+                dtype = DTYPES[dname]
+                weights = make_weights(hidden, ffn, dtype, args.layers)
+                for rows in args.rows:
+                    layers = make_layers(weights, rows, dtype)
+                    context_layers = make_layers(weights, rows, dtype, input_name="up_output") if args.context else None
+                    row = dict(shape=shape, hidden=hidden, ffn=ffn, dtype=dname, rows=rows)
+                    row["floor_us"] = hidden * ffn * layers[0]["weight"].element_size() / (ceiling * 1e12) * 1e6
+                    if "clusterfusion" in args.arms and hasattr(clusterfusion, "mlp_down_residual_plan"):
+                        row["cf_plan"] = clusterfusion.mlp_down_residual_plan(weights[0][0], rows)._asdict()
+                    row.update(measure_row(args, layers, context_layers, compiled, compiled_in_context))
+                    add_ratios(row, ceiling, layer_bytes(hidden, ffn, rows, dtype))
+                    results.append(row)
+                    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+                    del layers, context_layers
+                del weights
+                torch.cuda.empty_cache()
 
     with open(args.json, "w") as f:
-        json.dump(dict(card=card, read_ceiling_tbs=ceiling, torch=torch.__version__, results=results), f, indent=1)
-
-    print(f"\n{card}, read ceiling {ceiling:.2f} TB/s; us per layer (median, 32 layers, distinct weights)")
-    header = "| shape | dtype | M | PT eager | PT graph | compile graph | CF eager | CF graph | floor | CF TB/s | % ceiling | speedup (graph) | host PT / CF |"
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
-
-    def cell(r, key, fmt):
-        return fmt.format(r[key]) if key in r else "-"
-
-    for r in results:
-        print(
-            f"| {r['shape']} | {r['dtype']} | {r['rows']} | {cell(r, 'pytorch_eager_us', '{:.1f}')} | "
-            f"{cell(r, 'pytorch_graph_us', '{:.1f}')} | {cell(r, 'compile_graph_us', '{:.1f}')} | "
-            f"{cell(r, 'cf_eager_us', '{:.1f}')} | {cell(r, 'cf_graph_us', '{:.1f}')} | {r['floor_us']:.1f} | "
-            f"{cell(r, 'cf_tbs', '{:.2f}')} | {cell(r, 'cf_pct_ceiling', '{:.1f}%')} | "
-            f"{cell(r, 'speedup_graph', '{:.2f}x')} | {cell(r, 'pytorch_host_us', '{:.1f}')} / {cell(r, 'cf_host_us', '{:.1f}')} |"
-        )
+        json.dump(dict(card=card, read_ceiling_tbs=ceiling, torch=torch.__version__, plan=args.plan, pdl=args.pdl,
+                       results=results), f, indent=1)
+    print_table(results, card, ceiling)
     return 0
 
 

@@ -6,18 +6,26 @@ the same call works eagerly, under ``torch.compile`` and inside CUDA graphs.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+
+from . import _C
+from .tuning import current_tuning
 
 __all__ = [
     "mlp_down_residual",
+    "mlp_down_residual_plan",
     "mlp_down_residual_unsupported_reason",
     "pythia_2b8_mlp_only",
     "pythia_6b9_mlp_only",
+    "MlpDownPlan",
     "MAX_FUSED_ROWS",
 ]
 
-#: Rows (tokens decoded together) served by the fused kernel; more go to cuBLAS.
-MAX_FUSED_ROWS = 16
+#: Rows of ``hidden_states`` (tokens decoded together, m) the fused MLP-down
+#: kernel serves; more go to cuBLAS. Read from the compiled kernel.
+MAX_FUSED_ROWS: int = _C.MLP_DOWN_MAX_FUSED_M
 
 
 def mlp_down_residual(
@@ -26,6 +34,9 @@ def mlp_down_residual(
     mlp_intermediate: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
+    *,
+    plan: str | None = None,
+    pdl: bool | None = None,
 ) -> torch.Tensor:
     """MLP down projection fused with its bias and GPT-NeoX's parallel residual.
 
@@ -40,6 +51,11 @@ def mlp_down_residual(
         weight: ``[hidden, ffn]``, exactly as HuggingFace stores
             ``layer.mlp.dense_4h_to_h.weight`` (not transposed).
         bias: ``[hidden]`` or ``None``.
+        plan: launch plan, ``"auto"`` or ``"BLOCK_N:CLUSTER[:STAGES]"`` (see
+            :class:`clusterfusion.Tuning`); ``None`` takes the one of the
+            enclosing :func:`clusterfusion.tuning` block (default ``"auto"``).
+        pdl: programmatic dependent launch; ``None`` takes the enclosing
+            :func:`clusterfusion.tuning` setting (default on).
 
     Returns:
         A new tensor shaped like ``hidden_states``.
@@ -53,14 +69,66 @@ def mlp_down_residual(
         * CPU, fp32, fp16 or bf16: an ATen reference (``linear`` plus two adds).
 
     Raises:
-        ValueError: wrong shapes, mixed devices, or a weight layout the kernel
-            cannot stream.
+        ValueError: wrong shapes, mixed devices, a weight layout the kernel
+            cannot stream, or a malformed ``plan``.
         TypeError: mixed or unsupported dtypes.
-        RuntimeError: a GPU this build has no code for.
+        RuntimeError: a GPU this build has no code for, or a pinned plan that
+            does not fit it.
     """
+    tuning = current_tuning()
     return torch.ops.clusterfusion.mlp_down_residual(
-        hidden_states, attn_output, mlp_intermediate, weight, bias
+        hidden_states,
+        attn_output,
+        mlp_intermediate,
+        weight,
+        bias,
+        plan=tuning.plan if plan is None else plan,
+        pdl=tuning.pdl if pdl is None else pdl,
     )
+
+
+class MlpDownPlan(NamedTuple):
+    """How :func:`mlp_down_residual` lays one problem out on the GPU.
+
+    The grid is ``(cluster_size, n_tiles)``: each cluster of ``cluster_size``
+    CTAs computes ``block_n`` outputs and splits the reduction (``ffn``) among
+    its CTAs, ``chunks_per_cta`` 64-wide chunks each, through a ring of
+    ``stages`` shared-memory stages. A CTA lets the next kernel launch when
+    ``trigger_chunks_left`` chunks are left. ``resident_clusters`` is how many
+    such clusters the device holds at once.
+    """
+
+    block_n: int
+    cluster_size: int
+    stages: int
+    n_tiles: int
+    chunks_per_cta: int
+    trigger_chunks_left: int
+    threads: int
+    smem_bytes: int
+    resident_clusters: int
+
+
+def mlp_down_residual_plan(weight: torch.Tensor, m: int = 1, *, plan: str | None = None) -> MlpDownPlan:
+    """The launch plan :func:`mlp_down_residual` uses for ``weight`` and ``m`` tokens.
+
+    Plans are chosen once per device, dtype, shape and pin, from the device's
+    multiprocessor count, shared memory, memory bandwidth and cluster
+    residency, and cached; this returns the cached one (choosing it if needed).
+
+    Args:
+        weight: the CUDA ``[hidden, ffn]`` weight the op would stream.
+        m: tokens, ``1..MAX_FUSED_ROWS``.
+        plan: a pin as in :func:`mlp_down_residual`; ``None`` takes the
+            enclosing :func:`clusterfusion.tuning` setting.
+
+    Raises:
+        ValueError: a CPU weight, ``m`` out of range, a weight the kernel
+            cannot stream or a malformed ``plan``.
+        RuntimeError: as :func:`mlp_down_residual`.
+    """
+    pinned = current_tuning().plan if plan is None else plan
+    return MlpDownPlan(*torch.ops.clusterfusion.mlp_down_residual_plan(weight, m, plan=pinned))
 
 
 def mlp_down_residual_unsupported_reason(weight: torch.Tensor) -> str | None:
@@ -86,7 +154,8 @@ def pythia_2b8_mlp_only(
     mlp_down_weight: torch.Tensor,
     mlp_down_bias: torch.Tensor,
 ) -> torch.Tensor:
-    """Pythia-2.8B's MLP down projection plus residuals (the seed project's API).
+    """Pythia-2.8B's MLP down projection plus residuals, under the name and
+    argument order of the original ClusterFusionPlus-MLP project.
 
     Returns ``hidden_states + attn_output + mlp_intermediate @ mlp_down_weight.T
     + mlp_down_bias``.
@@ -121,7 +190,7 @@ def pythia_6b9_mlp_only(
 
 
 @torch.library.register_fake("clusterfusion::mlp_down_residual")
-def _mlp_down_residual_fake(hidden_states, attn_output, mlp_intermediate, weight, bias):
+def _mlp_down_residual_fake(hidden_states, attn_output, mlp_intermediate, weight, bias=None, *, plan="auto", pdl=True):
     torch._check(weight.dim() == 2, lambda: f"weight must be 2-D [hidden, ffn]; got {tuple(weight.shape)}")
     torch._check(
         hidden_states.shape[-1] == weight.shape[0],

@@ -1,65 +1,140 @@
-"""Pinned launch plans: every layout the planner may pick computes the same function.
+"""Launch plans and tuning: every layout the planner may pick computes the same
+function, and the tuning knobs reach the op per call and through a context.
 
 The planner chooses one plan per device and shape, so the correctness tests
-only exercise the plans the test card leads to. Here CLUSTERFUSION_PLAN pins
-others, each in a fresh process (the variable is read once per process): odd
-cluster sizes, tiles of an odd multiple of 8 rows, row shares that do not divide
-the tile, tiles that overhang the matrix, and CTAs left without reduction work.
+only exercise the plans the test card leads to. Here pinned plans cover the
+others: odd cluster sizes, tiles of an odd multiple of 8 outputs, output
+shares that do not divide the tile, tiles that overhang the matrix, and CTAs
+left without reduction work.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+import torch
 
-from conftest import gpu
-
-TESTS_DIR = Path(__file__).resolve().parent
+import clusterfusion
+from conftest import TOLERANCE, call_poisoned, gpu, make_inputs, reference, rel_err
 
 # BLOCK_N:CLUSTER:STAGES
 PINNED_PLANS = [
-    "8:1:2",     # narrowest tile (half a warp's rows), no cluster reduction
-    "40:2:32",   # an odd multiple of 8 rows: the last warp drops half its rows; deepest ring
-    "32:3:3",    # odd cluster size: ranks own 11, 11 and 10 rows
+    "8:1:2",     # narrowest tile (half a warp's outputs), no cluster reduction
+    "40:2:32",   # an odd multiple of 8 outputs: the last warp drops half its rows; deepest ring
+    "32:3:3",    # odd cluster size: ranks own 11, 11 and 10 outputs
     "48:7:2",    # on ffn=520 (9 chunks) two of the seven CTAs get no chunk
-    "160:8:4",   # on hidden=4104 the last tile overhangs: two ranks own no row
+    "160:8:4",   # on hidden=4104 the last tile overhangs: two ranks own no output
     "256:5:16",  # stages cut to what fits in shared memory
 ]
-
-CHECK_SCRIPT = """
-import sys
-import torch
-import clusterfusion
-from conftest import TOLERANCE, call_poisoned, make_inputs, reference, rel_err
-
-failures = []
-for hidden, ffn in [(2560, 10240), (4104, 1032), (1000, 520)]:
-    for rows in (1, 3, 16):
-        for dtype in (torch.float16, torch.bfloat16):
-            inputs = make_inputs(rows, hidden, ffn, dtype, "cuda")
-            err = rel_err(call_poisoned(clusterfusion.mlp_down_residual, inputs), reference(**inputs))
-            if not err < TOLERANCE[dtype]:
-                failures.append(f"{hidden}x{ffn} rows={rows} {dtype}: rel err {err:.3g}")
-print("\\n".join(failures) or "all passed")
-sys.exit(1 if failures else 0)
-"""
+SHAPES = [(2560, 10240), (4104, 1032), (1000, 520)]
 
 
 @gpu
 @pytest.mark.parametrize("plan", PINNED_PLANS)
-def test_pinned_plan_matches_float64(plan):
-    env = dict(os.environ, CLUSTERFUSION_PLAN=plan, CLUSTERFUSION_VERBOSE="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-c", CHECK_SCRIPT], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    block_n, cluster, _ = plan.split(":")
-    chosen = [line for line in result.stderr.splitlines() if line.startswith("[clusterfusion]")]
-    assert chosen, "the planner did not report its plans: " + result.stderr
-    for line in chosen:
-        assert f"block_n={block_n} cluster={cluster} " in line, line
+@pytest.mark.parametrize("pdl", [True, False], ids=["pdl", "no-pdl"])
+def test_pinned_plan_matches_float64(plan, pdl):
+    block_n, cluster, stages = map(int, plan.split(":"))
+    failures = []
+    with clusterfusion.tuning(plan=plan, pdl=pdl):
+        for hidden, ffn in SHAPES:
+            for m in (1, 3, 16):
+                for dtype in (torch.float16, torch.bfloat16):
+                    inputs = make_inputs(m, hidden, ffn, dtype, "cuda")
+                    chosen = clusterfusion.mlp_down_residual_plan(inputs["weight"], m)
+                    assert (chosen.block_n, chosen.cluster_size) == (block_n, cluster), chosen
+                    assert chosen.stages <= min(stages, chosen.chunks_per_cta), chosen
+                    err = rel_err(call_poisoned(clusterfusion.mlp_down_residual, inputs), reference(**inputs))
+                    if not err < TOLERANCE[dtype]:
+                        failures.append(f"{hidden}x{ffn} m={m} {dtype}: rel err {err:.3g}")
+    assert not failures, failures
+
+
+@gpu
+def test_per_call_plan_overrides_the_context():
+    inputs = make_inputs(2, 2560, 10240, torch.float16, "cuda")
+    weight = inputs["weight"]
+    with clusterfusion.tuning(plan="64:2"):
+        assert clusterfusion.mlp_down_residual_plan(weight, 2)[:2] == (64, 2)
+        assert clusterfusion.mlp_down_residual_plan(weight, 2, plan="32:1:4")[:3] == (32, 1, 4)
+        out = clusterfusion.mlp_down_residual(**inputs, plan="32:1:4", pdl=False)
+    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
+
+
+@gpu
+def test_auto_plan_fits_the_device():
+    props = torch.cuda.get_device_properties(0)
+    for hidden, ffn in [(2560, 10240), (4096, 16384)]:
+        weight = torch.randn(hidden, ffn, device="cuda", dtype=torch.float16)
+        for m in (1, 16):
+            p = clusterfusion.mlp_down_residual_plan(weight, m)
+            assert p.n_tiles * p.block_n >= hidden and p.cluster_size * p.chunks_per_cta * 64 >= ffn
+            assert p.n_tiles <= p.resident_clusters  # one wave
+            assert p.cluster_size * p.n_tiles <= props.multi_processor_count
+            assert p.smem_bytes <= props.shared_memory_per_block_optin
+
+
+@gpu
+def test_plan_query_rejects_bad_arguments():
+    weight = torch.randn(256, 1024, device="cuda", dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"argument 'm' must be in \[1, 16\].*got 17"):
+        clusterfusion.mlp_down_residual_plan(weight, 17)
+    with pytest.raises(ValueError, match=r"argument 'plan' must be .*got \"9:2\""):
+        clusterfusion.mlp_down_residual_plan(weight, 1, plan="9:2")
+
+
+def test_plan_query_needs_a_cuda_weight():
+    with pytest.raises(ValueError, match=r"launch plans exist for CUDA weights only"):
+        clusterfusion.mlp_down_residual_plan(torch.randn(8, 16), 1)
+
+
+@pytest.mark.parametrize(
+    "plan", ["9:2", "8:9", "8:2:1", "8:2:33", "264:1", "abc", "8", "8:2:4:1", "8:2:4x"]
+)
+def test_malformed_plan_is_a_value_error(plan):
+    inputs = make_inputs(2, 64, 128, torch.float32, "cpu")
+    with pytest.raises(ValueError, match=rf"argument 'plan' must be \"auto\" or \"BLOCK_N:CLUSTER\[:STAGES\]\".*got \"{plan}\""):
+        clusterfusion.mlp_down_residual(**inputs, plan=plan)
+    with clusterfusion.tuning(plan=plan), pytest.raises(ValueError, match="argument 'plan'"):
+        clusterfusion.mlp_down_residual(**inputs)
+
+
+def test_tuning_context_nests_and_restores():
+    assert clusterfusion.current_tuning() == clusterfusion.Tuning("auto", True)
+    with clusterfusion.tuning(plan="64:2") as outer:
+        assert outer == clusterfusion.Tuning("64:2", True)
+        with clusterfusion.tuning(pdl=False) as inner:
+            assert inner == clusterfusion.Tuning("64:2", False)
+        assert clusterfusion.current_tuning() == outer
+        with pytest.raises(RuntimeError), clusterfusion.tuning(plan="8:1"):
+            raise RuntimeError
+        assert clusterfusion.current_tuning() == outer
+    assert clusterfusion.current_tuning() == clusterfusion.Tuning()
+
+
+def test_tuning_rejects_wrong_types():
+    with pytest.raises(TypeError, match=r"argument 'plan' must be a str"):
+        with clusterfusion.tuning(plan=(64, 2)):
+            pass
+    with pytest.raises(TypeError, match=r"argument 'pdl' must be a bool; got 0"):
+        with clusterfusion.tuning(pdl=0):
+            pass
+
+
+def test_tuning_is_per_thread():
+    import threading
+
+    seen = []
+    with clusterfusion.tuning(plan="64:2"):
+        worker = threading.Thread(target=lambda: seen.append(clusterfusion.current_tuning()))
+        worker.start()
+        worker.join()
+    assert seen == [clusterfusion.Tuning()]
+
+
+def test_tuning_reaches_the_op_under_torch_compile():
+    # A malformed plan set by the context must reach the op traced by dynamo.
+    torch._dynamo.reset()
+    compiled = torch.compile(clusterfusion.mlp_down_residual, fullgraph=True)
+    inputs = make_inputs(2, 64, 128, torch.float32, "cpu")
+    assert rel_err(compiled(**inputs), reference(**inputs)) < TOLERANCE[torch.float32]
+    with clusterfusion.tuning(plan="7:7"), pytest.raises(Exception, match="argument 'plan'"):
+        compiled(**inputs)

@@ -1,5 +1,5 @@
-// Thread-block cluster building blocks (sm_90+): the split arrive/wait form of
-// the cluster barrier and asynchronous stores into a peer's shared memory.
+// Thread-block cluster primitives (sm_90+): the split arrive/wait form of the
+// cluster barrier and asynchronous stores into a peer's shared memory.
 // Plain inline PTX; no torch headers.
 #pragma once
 
@@ -29,8 +29,6 @@ __device__ __forceinline__ uint32_t map_to_rank(uint32_t smem_addr, uint32_t ran
 
 // Stores `value` at `remote_addr` (a mapped address, see map_to_rank) and
 // completes 4 transaction bytes on the mbarrier at `remote_bar` in the same CTA.
-// The receiver waits on its barrier for exactly the bytes it expects: no
-// cluster-wide barrier and no fence on the sender's side.
 __device__ __forceinline__ void st_async_f32(uint32_t remote_addr, float value, uint32_t remote_bar) {
   asm volatile(
       "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote_addr),

@@ -1,52 +1,13 @@
-// Tensor Memory Accelerator, mbarrier and L2-policy building blocks (sm_90+).
-// Plain inline PTX so any kernel of the library can use them; no torch headers.
+// Tensor Memory Accelerator copies and L2 eviction policies (sm_90+). Plain
+// inline PTX; no torch headers.
 #pragma once
 
 #include <cuda.h>
 #include <cstdint>
 
+#include "mbarrier.cuh"
+
 namespace clusterfusion::device {
-
-__device__ __forceinline__ uint32_t smem_address(const void* ptr) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
-}
-
-// ---- mbarrier ---------------------------------------------------------------
-
-__device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t arrivals) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_address(bar)), "r"(arrivals)
-               : "memory");
-}
-
-// Makes initialized barriers visible to the async proxy (TMA) and the cluster.
-__device__ __forceinline__ void fence_mbarrier_init() {
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-
-__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_address(bar)) : "memory");
-}
-
-// Arrives once and tells the barrier how many bytes the copies it tracks will deliver.
-__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_address(bar)),
-               "r"(bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n"
-      "}\n" ::"r"(smem_address(bar)),
-      "r"(parity)
-      : "memory");
-}
-
-// ---- L2 eviction policies ---------------------------------------------------
 
 // For data read exactly once (streamed weights): leave L2 to everything else.
 __device__ __forceinline__ uint64_t l2_policy_evict_first() {
@@ -61,8 +22,6 @@ __device__ __forceinline__ uint64_t l2_policy_evict_last() {
   asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
   return policy;
 }
-
-// ---- bulk tensor copies -------------------------------------------------------
 
 __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
@@ -84,19 +43,6 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, u
 // by TMA with CU_TENSOR_MAP_SWIZZLE_128B (128-byte rows, 1024-byte aligned tile).
 __device__ __forceinline__ uint32_t swizzle_128b(int row, int chunk) {
   return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
-}
-
-// ---- programmatic dependent launch ---------------------------------------------
-
-// Blocks until the grids this one depends on have finished and their writes are
-// visible; a no-op when the kernel was launched without programmatic serialization.
-__device__ __forceinline__ void grid_dependency_wait() {
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-}
-
-// Lets the next grid in the stream start its prologue early.
-__device__ __forceinline__ void grid_dependency_launch_dependents() {
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
 
 }  // namespace clusterfusion::device

@@ -1,0 +1,76 @@
+"""Launch tuning: pin a kernel's launch plan or turn programmatic dependent
+launch off, for one call or for a block of code.
+
+    with clusterfusion.tuning(plan="184:8:8", pdl=False):
+        out = clusterfusion.mlp_down_residual(...)
+
+    out = clusterfusion.mlp_down_residual(..., plan="184:8:8")   # one call
+
+Neither setting changes what an op computes, only how its kernel is laid out on
+the GPU; the CPU backend ignores them. The settings are per thread and are
+restored when the block exits. Ops read them when they are called: a CUDA graph
+keeps the launches it captured, and ``torch.compile`` bakes the values in force
+while it traces (it recompiles when they change).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+
+__all__ = ["Tuning", "tuning", "current_tuning"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """Launch settings the ops read.
+
+    Attributes:
+        plan: ``"auto"`` (the planner chooses from the device's properties) or
+            ``"BLOCK_N:CLUSTER[:STAGES]"`` for the MLP-down kernel: outputs per
+            cluster (a multiple of 8, at most 256), CTAs per cluster (1-8) and,
+            optionally, pipeline stages (2-32; trimmed to what shared memory holds).
+        pdl: programmatic dependent launch: a kernel may start streaming its
+            weights while the previous kernel in the stream finishes.
+    """
+
+    plan: str = "auto"
+    pdl: bool = True
+
+
+class _State(threading.local):
+    def __init__(self):
+        self.current = Tuning()
+
+
+_state = _State()
+
+
+def current_tuning() -> Tuning:
+    """The settings in force in this thread."""
+    return _state.current
+
+
+@contextlib.contextmanager
+def tuning(plan: str | None = None, pdl: bool | None = None):
+    """Context manager: ops called inside use these launch settings.
+
+    Arguments left ``None`` keep the enclosing setting. Yields the settings in force.
+
+    Raises:
+        TypeError: ``plan`` is not a string or ``pdl`` not a bool. A malformed
+            plan string raises ``ValueError`` from the op that reads it.
+    """
+    if plan is not None and not isinstance(plan, str):
+        raise TypeError(f"clusterfusion.tuning: argument 'plan' must be a str like \"184:8:8\" or \"auto\"; got {plan!r}")
+    if pdl is not None and not isinstance(pdl, bool):
+        raise TypeError(f"clusterfusion.tuning: argument 'pdl' must be a bool; got {pdl!r}")
+    previous = _state.current
+    _state.current = dataclasses.replace(
+        previous, **{k: v for k, v in (("plan", plan), ("pdl", pdl)) if v is not None}
+    )
+    try:
+        yield _state.current
+    finally:
+        _state.current = previous

@@ -1,0 +1,73 @@
+// Argument checks shared by every op's backends. Each failure names the op and
+// the argument, what it got and what it needs, and raises ValueError (shape,
+// device, layout) or TypeError (dtype) in Python.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <utility>
+
+namespace clusterfusion {
+
+// The message `check` raises, or "" when it passes: lets a backend say whether
+// it would take an argument without running the op.
+template <typename Check>
+std::string failure_message(Check&& check) {
+  try {
+    check();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return {};
+}
+
+inline void check_dtype_allowed(const char* op, const char* arg, const at::Tensor& t,
+                                std::initializer_list<at::ScalarType> allowed, const char* backend) {
+  for (at::ScalarType s : allowed) {
+    if (t.scalar_type() == s) return;
+  }
+  std::string names;
+  for (at::ScalarType s : allowed) names += (names.empty() ? "" : ", ") + std::string(c10::toString(s));
+  TORCH_CHECK_TYPE(false, op, ": argument '", arg, "' has dtype ", t.scalar_type(), "; the ", backend,
+                   " implementation supports ", names);
+}
+
+// A named tensor argument; `tensor` may be null for an absent optional one.
+using NamedTensor = std::pair<const char*, const at::Tensor*>;
+
+// Every present tensor of `others` has the dtype and device of `like`.
+inline void check_like(const char* op, const NamedTensor& like, std::initializer_list<NamedTensor> others) {
+  const at::Tensor& ref = *like.second;
+  for (const auto& [name, t] : others) {
+    if (t == nullptr) continue;
+    TORCH_CHECK_TYPE(t->scalar_type() == ref.scalar_type(), op, ": argument '", name, "' has dtype ",
+                     t->scalar_type(), "; expected ", ref.scalar_type(), " like '", like.first, "'");
+    TORCH_CHECK_VALUE(t->device() == ref.device(), op, ": argument '", name, "' is on ", t->device(),
+                      "; expected ", ref.device(), " like '", like.first, "'");
+  }
+}
+
+// A 2-D operand the Tensor Memory Accelerator streams as stored: unit stride
+// along its last dimension, rows that start on 16-byte boundaries.
+inline void check_tma_streamable(const char* op, const char* arg, const at::Tensor& t,
+                                 const char* inner_name) {
+  const int64_t elem = t.element_size();
+  TORCH_CHECK_VALUE(t.size(1) % (16 / elem) == 0, op, ": ", inner_name, " = ", arg,
+                    ".shape[1] must be a multiple of ", 16 / elem,
+                    " (16-byte rows for the Tensor Memory Accelerator); got ", t.size(1));
+  TORCH_CHECK_VALUE(t.stride(1) == 1, op, ": argument '", arg, "' must have unit stride along ",
+                    inner_name, " (dim 1); got strides ", t.strides(),
+                    ". Pass the weight as stored, not transposed.");
+  TORCH_CHECK_VALUE((t.stride(0) * elem) % 16 == 0, op, ": argument '", arg,
+                    "' must have a row stride that is a multiple of 16 bytes; got ", t.stride(0) * elem,
+                    " bytes");
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, ": argument '", arg,
+                    "' must start at a 16-byte aligned address; got ", t.data_ptr(),
+                    " (a view with an odd storage offset?)");
+}
+
+}  // namespace clusterfusion

@@ -1,0 +1,45 @@
+// CPU backend of clusterfusion::mlp_down_residual: the ATen reference, so code
+// built on the op runs and is testable without a GPU. Launch tuning (plan, pdl)
+// has nothing to tune here: a well-formed plan is accepted and ignored.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "checks.h"
+#include "plan.h"
+#include "reference.h"
+
+namespace clusterfusion::mlp_down {
+namespace {
+
+const std::initializer_list<at::ScalarType> kCpuDtypes = {at::kHalf, at::kBFloat16, at::kFloat};
+
+at::Tensor mlp_down_residual_cpu(const at::Tensor& hidden_states, const at::Tensor& attn_output,
+                                 const at::Tensor& mlp_intermediate, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, c10::string_view plan,
+                                 bool /*pdl*/) {
+  check_args(hidden_states, attn_output, mlp_intermediate, weight, bias);
+  parse_plan(kOp, std::string(plan.data(), plan.size()));
+  check_dtype_allowed(kOp, "weight", weight, kCpuDtypes, "CPU");
+  return reference(hidden_states, attn_output, mlp_intermediate, weight, bias);
+}
+
+std::string unsupported_reason_cpu(const at::Tensor& weight) {
+  return failure_message([&] { check_dtype_allowed(kOp, "weight", weight, kCpuDtypes, "CPU"); });
+}
+
+std::vector<int64_t> plan_cpu(const at::Tensor& weight, int64_t, c10::string_view) {
+  TORCH_CHECK_VALUE(false, kOp, ": launch plans exist for CUDA weights only; argument 'weight' is on ",
+                    weight.device());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(clusterfusion, CPU, m) {
+  m.impl("mlp_down_residual", &mlp_down_residual_cpu);
+  m.impl("mlp_down_residual_unsupported_reason", &unsupported_reason_cpu);
+  m.impl("mlp_down_residual_plan", &plan_cpu);
+}
+
+}  // namespace clusterfusion::mlp_down

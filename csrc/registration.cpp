@@ -1,0 +1,46 @@
+// The schema of every op (one block per op folder under ops/; each folder
+// registers its own backends), and the Python module that loads them.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "ops/mlp_down_residual/config.h"
+#include "ops/mlp_down_residual/seed.h"
+
+TORCH_LIBRARY(clusterfusion, m) {
+  // ops/mlp_down_residual: hidden_states + attn_output + mlp_intermediate @ weight.T + bias.
+  // `plan` pins the launch plan ("auto" or "BLOCK_N:CLUSTER[:STAGES]"), `pdl`
+  // allows programmatic dependent launch; neither changes the result.
+  m.def(
+      "mlp_down_residual(Tensor hidden_states, Tensor attn_output, Tensor mlp_intermediate, Tensor weight, "
+      "Tensor? bias=None, *, str plan=\"auto\", bool pdl=True) -> Tensor");
+  // Why the backend of weight's device would reject it (the message the op would raise), or "".
+  m.def("mlp_down_residual_unsupported_reason(Tensor weight) -> str");
+  // The launch plan the op uses for `m` tokens (see clusterfusion.mlp_down_residual_plan).
+  m.def("mlp_down_residual_plan(Tensor weight, int m, *, str plan=\"auto\") -> int[]");
+  // The original project's entry points (composite).
+  m.def(
+      "pythia_2b8_mlp_only(Tensor hidden_states, Tensor attn_output, Tensor mlp_intermediate, "
+      "Tensor mlp_down_weight, Tensor mlp_down_bias) -> Tensor");
+  m.def(
+      "pythia_6b9_mlp_only(Tensor hidden_states, Tensor attn_output, Tensor mlp_intermediate, "
+      "Tensor mlp_down_weight, Tensor mlp_down_bias) -> Tensor");
+}
+
+// Importing clusterfusion._C loads this library and so runs every registration.
+// The ops are reached through torch.ops.clusterfusion; the module also carries
+// the original project's two entry points under their old names and the
+// kernels' limits.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
+  using namespace clusterfusion::mlp_down;
+  m.doc() = "clusterfusion CUDA/C++ extension (ops are registered under torch.ops.clusterfusion)";
+  m.attr("MLP_DOWN_MAX_FUSED_M") = Tile::kMaxM;
+  m.def("pythia_2b8_mlp_only", &pythia_2b8_mlp_only, py::arg("hidden_states"), py::arg("attn_output"),
+        py::arg("mlp_intermediate"), py::arg("mlp_down_weight"), py::arg("mlp_down_bias"),
+        "hidden_states + attn_output + mlp_intermediate @ mlp_down_weight.T + mlp_down_bias for "
+        "Pythia-2.8B (mlp_down_weight is [2560, 10240])");
+  m.def("pythia_6b9_mlp_only", &pythia_6b9_mlp_only, py::arg("hidden_states"), py::arg("attn_output"),
+        py::arg("mlp_intermediate"), py::arg("mlp_down_weight"), py::arg("mlp_down_bias"),
+        "hidden_states + attn_output + mlp_intermediate @ mlp_down_weight.T + mlp_down_bias for "
+        "Pythia-6.9B (mlp_down_weight is [4096, 16384])");
+}
