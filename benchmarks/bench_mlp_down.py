@@ -20,7 +20,7 @@ distinct weight sets (far more than the L2 cache), from random data, divided by
 32. Speedups are against the faster PyTorch arm of the same mode. Prints a
 table and writes JSON.
 
-    python benchmarks/bench_mlp_down.py [--shapes 2.8b 6.9b] [--rows 1 2 4 8 16] [--json FILE]
+    python benchmarks/bench_mlp_down.py [--shapes 2.8b 6.9b] [--m 1 2 4 8 16] [--json FILE]
     python benchmarks/bench_mlp_down.py --arms clusterfusion --plan 184:8:8 --no-pdl   # tuning
 """
 
@@ -94,13 +94,13 @@ def make_weights(hidden, ffn, dtype, layers):
     ]
 
 
-def make_layers(weights, rows, dtype, input_name="mlp_intermediate"):
+def make_layers(weights, m, dtype, input_name="mlp_intermediate"):
     hidden, ffn = weights[0][0].shape
     return [
         {
-            "hidden_states": torch.randn(rows, hidden, device="cuda", dtype=dtype),
-            "attn_output": torch.randn(rows, hidden, device="cuda", dtype=dtype),
-            input_name: torch.randn(rows, ffn, device="cuda", dtype=dtype),
+            "hidden_states": torch.randn(m, hidden, device="cuda", dtype=dtype),
+            "attn_output": torch.randn(m, hidden, device="cuda", dtype=dtype),
+            input_name: torch.randn(m, ffn, device="cuda", dtype=dtype),
             "weight": w,
             "bias": b,
         }
@@ -145,9 +145,9 @@ def host_us(fn, layer, calls=200):
     return elapsed / calls * 1e6
 
 
-def layer_bytes(hidden, ffn, rows, dtype):
+def layer_bytes(hidden, ffn, m, dtype):
     elem = torch.empty((), dtype=dtype).element_size()
-    return elem * (hidden * ffn + hidden + rows * ffn + 3 * rows * hidden)
+    return elem * (hidden * ffn + hidden + m * ffn + 3 * m * hidden)
 
 
 ARMS = ("pytorch", "compile", "clusterfusion")
@@ -211,7 +211,7 @@ def print_table(results, card, ceiling):
 
     for r in results:
         print(
-            f"| {r['shape']} | {r['dtype']} | {r['rows']} | {cell(r, 'pytorch_graph_us')} | {cell(r, 'compile_graph_us')} | "
+            f"| {r['shape']} | {r['dtype']} | {r['m']} | {cell(r, 'pytorch_graph_us')} | {cell(r, 'compile_graph_us')} | "
             f"{cell(r, 'cf_graph_us')} | {cell(r, 'cf_pct_ceiling', '{:.1f}%')} | {cell(r, 'speedup_graph', '{:.2f}x')} | "
             f"{cell(r, 'pytorch_context_us')} | {cell(r, 'compile_context_us')} | {cell(r, 'cf_context_us')} | "
             f"{cell(r, 'speedup_context', '{:.2f}x')} | {cell(r, 'pytorch_host_us')} / {cell(r, 'cf_host_us')} |"
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--rows", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="token counts M")
+    parser.add_argument("--m", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="token counts (rows of hidden_states)")
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--reps", type=int, default=100)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="what to time (default: all)")
@@ -256,15 +256,15 @@ def main(argv=None) -> int:
             for dname in args.dtypes:
                 dtype = DTYPES[dname]
                 weights = make_weights(hidden, ffn, dtype, args.layers)
-                for rows in args.rows:
-                    layers = make_layers(weights, rows, dtype)
-                    context_layers = make_layers(weights, rows, dtype, input_name="up_output") if args.context else None
-                    row = dict(shape=shape, hidden=hidden, ffn=ffn, dtype=dname, rows=rows)
+                for m in args.m:
+                    layers = make_layers(weights, m, dtype)
+                    context_layers = make_layers(weights, m, dtype, input_name="up_output") if args.context else None
+                    row = dict(shape=shape, hidden=hidden, ffn=ffn, dtype=dname, m=m)
                     row["floor_us"] = hidden * ffn * layers[0]["weight"].element_size() / (ceiling * 1e12) * 1e6
                     if "clusterfusion" in args.arms and hasattr(clusterfusion, "mlp_down_residual_plan"):
-                        row["cf_plan"] = clusterfusion.mlp_down_residual_plan(weights[0][0], rows)._asdict()
+                        row["cf_plan"] = clusterfusion.mlp_down_residual_plan(weights[0][0], m)._asdict()
                     row.update(measure_row(args, layers, context_layers, compiled, compiled_in_context))
-                    add_ratios(row, ceiling, layer_bytes(hidden, ffn, rows, dtype))
+                    add_ratios(row, ceiling, layer_bytes(hidden, ffn, m, dtype))
                     results.append(row)
                     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
                     del layers, context_layers

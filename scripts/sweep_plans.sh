@@ -14,14 +14,14 @@ for plan in "$@"; do
   flags=()
   case $plan in */nopdl) flags+=(--no-pdl); plan=${plan%/nopdl} ;; esac
   [ "$plan" = auto ] || flags+=(--plan "$plan")
-  python3 benchmarks/bench_mlp_down.py --arms clusterfusion --shapes "$shape" --dtypes "$dtype" --rows "$m" \
+  python3 benchmarks/bench_mlp_down.py --arms clusterfusion --shapes "$shape" --dtypes "$dtype" --m "$m" \
     --reps 50 --json "$out" "${flags[@]}" >/dev/null
   python3 - "$out" "$plan" "${flags[*]}" <<'PY'
 import json, sys
 data = json.load(open(sys.argv[1]))
 r = data["results"][0]
 p = r["cf_plan"]
-print(f"{r['shape']} {r['dtype']} M={r['rows']} plan={sys.argv[2]} {sys.argv[3]}: "
+print(f"{r['shape']} {r['dtype']} M={r['m']} plan={sys.argv[2]} {sys.argv[3]}: "
       f"{p['block_n']}:{p['cluster_size']}:{p['stages']} graph {r['cf_graph_us']:.2f} us/layer, "
       f"in context {r['cf_context_us']:.2f} (floor {r['floor_us']:.2f})")
 PY

@@ -36,14 +36,14 @@ def random_seed():
 TOLERANCE = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}
 
 
-def make_inputs(rows, hidden, ffn, dtype, device, *, bias=True, generator=None, lead=None):
-    """Fresh random inputs (never zeros) of a decode step with `rows` rows.
+def make_inputs(m, hidden, ffn, dtype, device, *, bias=True, generator=None, lead=None):
+    """Fresh random inputs (never zeros) of a decode step with `m` tokens (rows).
 
     `lead` overrides the leading shape of hidden_states / attn_output (its
-    product must be `rows`); mlp_intermediate is always [rows, ffn].
+    product must be `m`); mlp_intermediate is always [m, ffn].
     """
     g = generator or torch.Generator(device="cpu").manual_seed(int(torch.randint(2**31, ())))
-    lead = (rows,) if lead is None else tuple(lead)
+    lead = (m,) if lead is None else tuple(lead)
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float32) * scale).to(dtype).to(device)
@@ -51,7 +51,7 @@ def make_inputs(rows, hidden, ffn, dtype, device, *, bias=True, generator=None, 
     return dict(
         hidden_states=rnd(*lead, hidden),
         attn_output=rnd(*lead, hidden),
-        mlp_intermediate=rnd(rows, ffn),
+        mlp_intermediate=rnd(m, ffn),
         weight=rnd(hidden, ffn, scale=1.0 / math.sqrt(ffn)),
         bias=rnd(hidden, scale=0.5) if bias else None,
     )

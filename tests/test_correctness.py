@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -13,17 +15,17 @@ PYTHIA_6B9 = (4096, 16384)
 # (hidden, ffn): the two Pythia sizes, other GPT-NeoX sizes, and awkward ones
 # (hidden not a multiple of 16, ffn not a multiple of the 64-wide chunk).
 GPU_SHAPES = [PYTHIA_2B8, PYTHIA_6B9, (512, 2048), (2048, 8192), (1000, 520), (24, 64), (4104, 1032), (8, 8)]
-FUSED_ROWS = [1, 2, 3, 8, 16]
+FUSED_M = [1, 2, 3, 8, 16]
 DTYPES = [torch.float16, torch.bfloat16]
 
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("rows", FUSED_ROWS)
+@pytest.mark.parametrize("m", FUSED_M)
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_fused_kernel_matches_float64(shape, rows, dtype):
+def test_fused_kernel_matches_float64(shape, m, dtype):
     hidden, ffn = shape
-    inputs = make_inputs(rows, hidden, ffn, dtype, "cuda")
+    inputs = make_inputs(m, hidden, ffn, dtype, "cuda")
     out = call_poisoned(clusterfusion.mlp_down_residual, inputs)
     assert out.dtype == dtype and out.shape == inputs["hidden_states"].shape
     assert rel_err(out, reference(**inputs)) < TOLERANCE[dtype]
@@ -38,9 +40,9 @@ def test_without_bias(dtype):
 
 
 @gpu
-@pytest.mark.parametrize("rows", [17, 40])
-def test_rows_beyond_fused_kernel_use_cublas_path(rows):
-    inputs = make_inputs(rows, 2560, 10240, torch.float16, "cuda")
+@pytest.mark.parametrize("m", [17, 40])
+def test_more_tokens_than_the_fused_kernel_take_the_cublas_path(m):
+    inputs = make_inputs(m, 2560, 10240, torch.float16, "cuda")
     out = clusterfusion.mlp_down_residual(**inputs)
     assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
 
@@ -52,10 +54,8 @@ def test_rows_beyond_fused_kernel_use_cublas_path(rows):
     ids=["1d", "seed-layout", "hf-decode", "batch-seq", "hf-batch4"],
 )
 def test_input_layouts(lead, x_shape):
-    rows = 1
-    for d in lead:
-        rows *= d
-    inputs = make_inputs(rows, 2560, 10240, torch.float16, "cuda", lead=lead)
+    m = math.prod(lead)
+    inputs = make_inputs(m, 2560, 10240, torch.float16, "cuda", lead=lead)
     inputs["mlp_intermediate"] = inputs["mlp_intermediate"].reshape(x_shape)
     out = call_poisoned(clusterfusion.mlp_down_residual, inputs)
     assert out.shape == inputs["hidden_states"].shape
@@ -130,11 +130,11 @@ def test_tensors_on_second_device():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("rows", [1, 3, 20])
-def test_cpu_backend_matches_float64(rows, dtype):
-    inputs = make_inputs(rows, 256, 1024, dtype, "cpu")
+@pytest.mark.parametrize("m", [1, 3, 20])
+def test_cpu_backend_matches_float64(m, dtype):
+    inputs = make_inputs(m, 256, 1024, dtype, "cpu")
     out = clusterfusion.mlp_down_residual(**inputs)
-    assert out.dtype == dtype and out.shape == (rows, 256)
+    assert out.dtype == dtype and out.shape == (m, 256)
     assert rel_err(out, reference(**inputs)) < 3 * TOLERANCE[dtype]  # three roundings, not one
 
 

@@ -12,7 +12,7 @@ OP = torch.ops.clusterfusion.mlp_down_residual.default
 
 
 @pytest.mark.parametrize(
-    "device,dtype,rows",
+    "device,dtype,m",
     [
         ("cpu", torch.float32, 1),
         ("cpu", torch.bfloat16, 3),
@@ -21,8 +21,8 @@ OP = torch.ops.clusterfusion.mlp_down_residual.default
         pytest.param("cuda", torch.float16, 24, marks=gpu),
     ],
 )
-def test_opcheck(device, dtype, rows):
-    inputs = make_inputs(rows, 256, 512, dtype, device)
+def test_opcheck(device, dtype, m):
+    inputs = make_inputs(m, 256, 512, dtype, device)
     torch.library.opcheck(OP, tuple(inputs.values()))
     no_bias = dict(inputs, bias=None)
     torch.library.opcheck(OP, tuple(no_bias.values()))
@@ -49,9 +49,9 @@ def test_torch_compile_fullgraph(device, dtype):
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("rows", [1, 16])
-def test_bitwise_deterministic(rows, dtype):
-    inputs = make_inputs(rows, 2560, 10240, dtype, "cuda")
+@pytest.mark.parametrize("m", [1, 16])
+def test_bitwise_deterministic(m, dtype):
+    inputs = make_inputs(m, 2560, 10240, dtype, "cuda")
     first = clusterfusion.mlp_down_residual(**inputs)
     for _ in range(5):
         assert torch.equal(clusterfusion.mlp_down_residual(**inputs), first)

@@ -5,9 +5,9 @@
 // kernel is built around keeping that stream saturated.
 //  * grid = (cluster_size, n_tiles). A cluster owns `block_n` outputs (rows of
 //    W); its CTAs split the reduction into contiguous runs of 64-wide chunks.
-//  * Producer (warp 0, one lane): TMA copies of each [block_n x 64] weight tile
+//  * Producer (produce_stages; warp 0, one lane): TMA copies of each [block_n x 64] weight tile
 //    and the matching [m x 64] input tile into a StageRing.
-//  * Mainloop (warps 1..): a SwizzledGemvWarp per 16 outputs on the tensor
+//  * Mainloop (consume_stages; warps 1..): a SwizzledGemvWarp per 16 outputs on the tensor
 //    cores, fp32 accumulators in registers; each warp releases a stage as soon
 //    as its fragments are in registers.
 //  * Epilogue: a ClusterInbox brings the split-K partials of each output to the
@@ -86,6 +86,25 @@ __device__ __forceinline__ void produce_stages(const device::StageRing& ring,
   }
 }
 
+// The mainloop of one consumer warp: each stage's fragments go to registers,
+// the stage is released at once, then the MMAs run.
+template <typename Warp>
+__device__ __forceinline__ void consume_stages(const device::StageRing& ring, const Warp& gemv,
+                                               int chunk_count, uint32_t weight_tile_bytes, int lane,
+                                               typename Warp::Accumulators& acc) {
+  using namespace clusterfusion::device;
+  RingPosition get = ring.start();
+  for (int i = 0; i < chunk_count; ++i, get.advance()) {
+    ring.wait_full(get);
+    const uint32_t weight_tile = smem_address(ring.stage(get));
+    typename Warp::Fragments fragments;
+    gemv.load(weight_tile, weight_tile + weight_tile_bytes, fragments);
+    __syncwarp();
+    if (lane == 0) ring.release(get);
+    gemv.accumulate(fragments, acc);
+  }
+}
+
 template <typename T, int kMTiles, typename Epilogue>
 __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
     mlp_down_residual_kernel(const __grid_constant__ CUtensorMap weight_map,
@@ -156,16 +175,7 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
 
   const Warp gemv((warp - 1) * Tile::kWarpN, lane);
   typename Warp::Accumulators acc = {};
-  RingPosition get = ring.start();
-  for (int i = 0; i < chunk_count; ++i, get.advance()) {
-    ring.wait_full(get);
-    const uint32_t weight_tile = smem_address(ring.stage(get));
-    typename Warp::Fragments fragments;
-    gemv.load(weight_tile, weight_tile + layout.weight_tile_bytes, fragments);
-    __syncwarp();
-    if (lane == 0) ring.release(get);
-    gemv.accumulate(fragments, acc);
-  }
+  consume_stages(ring, gemv, chunk_count, layout.weight_tile_bytes, lane, acc);
 
   // Tokens beyond m and outputs beyond the matrix are sent nowhere (the owners expect none).
   Warp::combine_chains(acc);
