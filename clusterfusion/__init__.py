@@ -14,9 +14,9 @@ except ImportError as error:  # pragma: no cover - depends on the installation
         "clusterfusion's compiled extension (clusterfusion._C) could not be loaded: "
         f"{error}. Build it with `pip install -e . --no-build-isolation` against the installed torch."
     ) from error
-from . import ops, tuning as _tuning_module
+from . import _tuning, ops
+from ._tuning import Tuning, current_tuning, tuning
 from .ops import *  # noqa: F401,F403  (the package exports the ops module's API)
-from .tuning import Tuning, current_tuning, tuning
 
-__all__ = [*ops.__all__, *_tuning_module.__all__]
+__all__ = [*ops.__all__, *_tuning.__all__]
 __version__ = "0.1.0"

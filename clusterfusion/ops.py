@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 
 from . import _C
-from .tuning import current_tuning
+from ._tuning import current_tuning
 
 __all__ = [
     "mlp_down_residual",
