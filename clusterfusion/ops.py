@@ -66,7 +66,10 @@ def mlp_down_residual(
           and 16-byte aligned (any ``hidden``). Up to ``MAX_FUSED_ROWS`` rows run
           in the fused kernel (the weight is streamed once for all rows); more
           rows run as cuBLAS ``linear`` plus two adds.
-        * CPU, fp32, fp16 or bf16: an ATen reference (``linear`` plus two adds).
+        * CPU, fp32, fp64, fp16 or bf16: an ATen reference (``linear`` plus two adds).
+
+    Gradients flow to every tensor argument (the formula is registered with
+    the op), on every backend.
 
     Raises:
         ValueError: wrong shapes, mixed devices, a weight layout the kernel
@@ -191,6 +194,14 @@ def pythia_6b9_mlp_only(
 
 @torch.library.register_fake("clusterfusion::mlp_down_residual")
 def _mlp_down_residual_fake(hidden_states, attn_output, mlp_intermediate, weight, bias=None, *, plan="auto", pdl=True):
+    # Serves torch.compile's tracing and meta tensors. Meta tensors mixed with
+    # real ones also land here, so the devices are checked as the backends do:
+    # an uninitialised result must never pass for a computed one.
+    op = "clusterfusion.mlp_down_residual"
+    for name, t in (("hidden_states", hidden_states), ("attn_output", attn_output),
+                    ("mlp_intermediate", mlp_intermediate), ("bias", bias)):
+        if t is not None and t.device != weight.device:
+            raise ValueError(f"{op}: argument '{name}' is on {t.device}; expected {weight.device} like 'weight'")
     torch._check(weight.dim() == 2, lambda: f"weight must be 2-D [hidden, ffn]; got {tuple(weight.shape)}")
     torch._check(
         hidden_states.shape[-1] == weight.shape[0],

@@ -89,12 +89,6 @@ def test_layers_without_parallel_residual_are_left_alone():
     assert not any(is_patched(layer) for layer in model.gpt_neox.layers)
 
 
-def test_training_with_dropout_is_left_alone():
-    model = _model(hidden_dropout=0.1).train()
-    with pytest.warns(UserWarning, match=r"training mode with hidden dropout 0.1"):
-        assert patch_model(model) == []
-
-
 def test_patched_layer_defers_to_huggingface_in_training_mode():
     model = _model()
     patch_model(model)

@@ -28,6 +28,44 @@ def test_opcheck(device, dtype, m):
     torch.library.opcheck(OP, tuple(no_bias.values()))
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_gradcheck_float64_on_cpu(bias):
+    inputs = make_inputs(3, 16, 24, torch.float64, "cpu", bias=bias, lead=(1, 3))
+    args = tuple(t.requires_grad_() if t is not None else None for t in inputs.values())
+    assert torch.autograd.gradcheck(clusterfusion.mlp_down_residual, args)
+    torch.library.opcheck(OP, args)
+
+
+def test_gradients_reach_only_what_requires_them():
+    inputs = make_inputs(2, 16, 24, torch.float32, "cpu")
+    inputs["weight"].requires_grad_()
+    out = clusterfusion.mlp_down_residual(**inputs)
+    out.sum().backward()
+    assert inputs["weight"].grad is not None
+    assert all(t.grad is None for k, t in inputs.items() if k != "weight" and t is not None)
+    with torch.no_grad():
+        assert not clusterfusion.mlp_down_residual(**inputs).requires_grad
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_gradients_match_f_linear(dtype):
+    inputs = make_inputs(3, 256, 512, dtype, "cuda")
+    grad_out = torch.randn(3, 256, device="cuda", dtype=dtype)
+
+    def grads(fn):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        fn(**leaves).backward(grad_out)
+        return {k: v.grad for k, v in leaves.items()}
+
+    def pytorch(hidden_states, attn_output, mlp_intermediate, weight, bias):
+        return torch.nn.functional.linear(mlp_intermediate, weight, bias) + attn_output + hidden_states
+
+    got, expected = grads(clusterfusion.mlp_down_residual), grads(pytorch)
+    for name in inputs:
+        assert rel_err(got[name], expected[name].double()) < TOLERANCE[dtype], name
+
+
 def _decoder_residual(h, a, x, w, b):
     # The op inside surrounding work, as a compiled decoder would see it.
     return clusterfusion.mlp_down_residual(h * 1.0, a, torch.nn.functional.gelu(x), w, b) * 0.5

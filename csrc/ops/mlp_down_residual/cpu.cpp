@@ -13,7 +13,7 @@
 namespace clusterfusion::mlp_down {
 namespace {
 
-const std::initializer_list<at::ScalarType> kCpuDtypes = {at::kHalf, at::kBFloat16, at::kFloat};
+const std::initializer_list<at::ScalarType> kCpuDtypes = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
 
 at::Tensor mlp_down_residual_cpu(const at::Tensor& hidden_states, const at::Tensor& attn_output,
                                  const at::Tensor& mlp_intermediate, const at::Tensor& weight,

@@ -1,8 +1,9 @@
 #include "seed.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
+
+#include "op.h"
 
 namespace clusterfusion::mlp_down {
 namespace {
@@ -14,12 +15,7 @@ at::Tensor pythia_mlp_only(const char* name, int64_t hidden, int64_t ffn, const 
                         mlp_down_weight.size(1) == ffn,
                     "clusterfusion.", name, ": argument 'mlp_down_weight' must have shape [", hidden, ", ", ffn,
                     "] ([hidden, ffn], HuggingFace's dense_4h_to_h.weight); got shape ", mlp_down_weight.sizes());
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("clusterfusion::mlp_down_residual", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            const std::optional<at::Tensor>&, c10::string_view, bool)>();
-  return op.call(hidden_states, attn_output, mlp_intermediate, mlp_down_weight, mlp_down_bias, "auto", true);
+  return op_handle().call(hidden_states, attn_output, mlp_intermediate, mlp_down_weight, mlp_down_bias, "auto", true);
 }
 
 }  // namespace

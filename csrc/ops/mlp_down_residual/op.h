@@ -1,0 +1,22 @@
+// The dispatcher handle of clusterfusion::mlp_down_residual, for code that
+// calls the op from C++ (the original entry points, the autograd formula).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <optional>
+
+namespace clusterfusion::mlp_down {
+
+using OpSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const std::optional<at::Tensor>&, c10::string_view, bool);
+
+inline const c10::TypedOperatorHandle<OpSignature>& op_handle() {
+  static const auto handle = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("clusterfusion::mlp_down_residual", "")
+                                 .typed<OpSignature>();
+  return handle;
+}
+
+}  // namespace clusterfusion::mlp_down

@@ -1,0 +1,350 @@
+"""The HuggingFace patch keeps HuggingFace's contracts: adapters, hooks, accelerate
+offload, pickling, moves and casts after patching, training and gradients.
+
+Each case compares a patched model with the same model unpatched (HuggingFace's
+result) and, where the op can serve, checks that it did.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
+
+import clusterfusion.hf as cf_hf  # noqa: E402
+from clusterfusion.hf import is_patched, patch_model, unpatch_model  # noqa: E402
+from conftest import gpu, rel_err  # noqa: E402
+
+TINY = dict(
+    vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
+    rotary_pct=0.25, max_position_embeddings=64, use_parallel_residual=True,
+)
+
+
+def _model(device="cpu", dtype=torch.float32, **overrides):
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**{**TINY, **overrides}))
+    return model.to(dtype).eval()
+
+
+def _ids(device="cpu"):
+    return torch.randint(0, 128, (2, 7), device=device)
+
+
+@torch.no_grad()
+def _logits(model, ids):
+    return model(ids).logits
+
+
+@pytest.fixture
+def op_calls(monkeypatch):
+    """Counts the patched forward's calls of the op."""
+    calls = []
+    real = cf_hf.mlp_down_residual
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cf_hf, "mlp_down_residual", counting)
+    return calls
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(cf_hf, "_WARNED", set(), raising=False)
+
+
+# ---- adapters and hooks --------------------------------------------------------------
+
+
+def _lora(model, target):
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=[target], init_lora_weights=False)
+    return peft.get_peft_model(model, config).eval()
+
+
+@pytest.mark.parametrize("order", ["adapter-then-patch", "patch-then-adapter"])
+def test_lora_on_the_down_projection_is_honoured(order, op_calls):
+    ids = _ids()
+    model = _model()
+    if order == "patch-then-adapter":
+        patch_model(model)
+        model = _lora(model, "dense_4h_to_h")
+        with pytest.warns(UserWarning, match="LoRA adapter on dense_4h_to_h"):
+            got = _logits(model, ids)
+        unpatch_model(model)
+        expected = _logits(model, ids)
+    else:
+        model = _lora(model, "dense_4h_to_h")
+        expected = _logits(model, ids)
+        with pytest.warns(UserWarning, match=r"left 3 layer\(s\) 0-2 to HuggingFace: LoRA adapter on dense_4h_to_h"):
+            assert patch_model(model) == []
+        got = _logits(model, ids)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    with model.disable_adapter():
+        assert not torch.allclose(_logits(model, ids), expected)  # the adapter matters
+    assert op_calls == []
+
+
+def test_lora_on_the_up_projection_keeps_the_op(op_calls):
+    ids = _ids()
+    model = _lora(_model(), "dense_h_to_4h")
+    expected = _logits(model, ids)
+    assert patch_model(model) == [0, 1, 2]
+    torch.testing.assert_close(_logits(model, ids), expected, rtol=1e-5, atol=1e-5)
+    assert len(op_calls) == 3
+
+
+@pytest.mark.parametrize("where", ["mlp", "dense_4h_to_h", "post_mlp_dropout"])
+@pytest.mark.parametrize("kind", ["forward", "pre"])
+def test_hooks_added_after_patching_fire_as_unpatched(where, kind, op_calls):
+    ids = _ids()
+    model = _model()
+    patch_model(model)
+    fired = []
+
+    def module_of(layer):
+        return layer.mlp if where == "mlp" else getattr(layer.mlp, where, None) or getattr(layer, where)
+
+    def hook(module, args, output=None):
+        fired.append(type(module).__name__)
+        return None if output is None else output * 2  # the hook changes the result
+
+    handles = [
+        module_of(layer).register_forward_hook(hook) if kind == "forward" else module_of(layer).register_forward_pre_hook(hook)
+        for layer in model.gpt_neox.layers
+    ]
+    with pytest.warns(UserWarning, match=f"hooks on {where}"):
+        got = _logits(model, ids)
+    assert op_calls == []
+    patched_fired, fired[:] = len(fired), []
+    unpatch_model(model)
+    expected = _logits(model, ids)
+    assert patched_fired == len(fired) == 3
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    for handle in handles:
+        handle.remove()
+    patch_model(model)
+    _logits(model, ids)
+    assert len(op_calls) == 3  # hooks gone: the op serves again
+
+
+def test_global_module_hooks_fall_back(op_calls):
+    model = _model()
+    patch_model(model)
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: seen.append(type(m).__name__))
+    try:
+        with pytest.warns(UserWarning, match="global module hooks"):
+            _logits(model, _ids())
+    finally:
+        handle.remove()
+    assert op_calls == [] and "Linear" in seen
+
+
+# ---- accelerate ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["offload-then-patch", "patch-then-offload"])
+def test_accelerate_cpu_offload_matches_huggingface(order, op_calls):
+    accelerate = pytest.importorskip("accelerate")
+    ids = _ids()
+    model = _model()
+    expected = _logits(model, ids)
+    if order == "patch-then-offload":
+        patch_model(model)
+        accelerate.cpu_offload(model, execution_device=torch.device("cpu"))
+        with pytest.warns(UserWarning, match="accelerate hook on"):
+            got = _logits(model, ids)
+    else:
+        accelerate.cpu_offload(model, execution_device=torch.device("cpu"))
+        wrappers = [layer.__dict__.get("forward") for layer in model.gpt_neox.layers]
+        with pytest.warns(UserWarning, match=r"left 3 layer\(s\) 0-2 to HuggingFace: accelerate hook"):
+            assert patch_model(model) == []
+        got = _logits(model, ids)
+        assert unpatch_model(model) == 3
+        assert [layer.__dict__.get("forward") for layer in model.gpt_neox.layers] == wrappers
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(got).all() and op_calls == []
+
+
+def test_unpatch_after_accelerate_wrapped_the_patched_forward(op_calls):
+    # dispatch_model with a layer-level device map wraps each layer's forward,
+    # keeping the one it wraps as _old_forward: here, the patched one.
+    pytest.importorskip("accelerate")
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module, remove_hook_from_module
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
+
+    ids = _ids()
+    model = _model()
+    expected = _logits(model, ids)
+    patch_model(model)
+    layers = model.gpt_neox.layers
+    for layer in layers:
+        add_hook_to_module(layer, AlignDevicesHook(execution_device="cpu", io_same_device=True))
+    with pytest.warns(UserWarning, match="accelerate hook on the layer"):
+        torch.testing.assert_close(_logits(model, ids), expected, rtol=0, atol=0)
+    assert op_calls == []
+    wrappers = [layer.__dict__["forward"] for layer in layers]
+    assert unpatch_model(model) == 3
+    assert [layer.__dict__["forward"] for layer in layers] == wrappers  # accelerate's wrapper stays
+    assert not any(is_patched(layer) for layer in layers)
+    torch.testing.assert_close(_logits(model, ids), expected, rtol=0, atol=0)
+    remove_hook_from_module(model, recurse=True)
+    assert all(layer.forward.__func__ is GPTNeoXLayer.forward for layer in layers)  # HuggingFace's own
+
+
+def test_unpatch_restores_another_forward():
+    model = _model()
+    layer = model.gpt_neox.layers[1]
+    theirs = torch.nn.Module.__call__.__get__(layer)  # any callable another library may have installed
+    layer.forward = theirs
+    patch_model(model)
+    assert layer.forward is not theirs
+    unpatch_model(model)
+    assert layer.__dict__["forward"] is theirs
+    assert "forward" not in model.gpt_neox.layers[0].__dict__
+
+
+def test_meta_weights_fall_back_with_a_named_reason():
+    model = _model()
+    model.gpt_neox.layers[2].mlp.dense_4h_to_h.to("meta")
+    with pytest.warns(UserWarning, match=r"left 1 layer\(s\) 2 to HuggingFace: weights not materialized"):
+        assert patch_model(model) == [0, 1]
+
+
+def test_op_refuses_meta_mixed_with_real_tensors():
+    import clusterfusion
+
+    h = torch.randn(2, 64)
+    weight = torch.empty(64, 128, device="meta")
+    with pytest.raises(ValueError, match=r"argument 'hidden_states' is on cpu; expected meta like 'weight'"):
+        clusterfusion.mlp_down_residual(h, torch.randn(2, 64), torch.randn(2, 128), weight, None)
+    meta = [t.to("meta") for t in (h, torch.randn(2, 64), torch.randn(2, 128))]
+    out = clusterfusion.mlp_down_residual(*meta, weight, None)  # all meta: shape inference only
+    assert out.device.type == "meta" and out.shape == (2, 64)
+
+
+# ---- pickling, copies, moves and casts ---------------------------------------------------
+
+
+def test_patched_model_pickles_and_deep_copies(op_calls):
+    ids = _ids()
+    model = _model()
+    patch_model(model)
+    expected = _logits(model, ids)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    copied = copy.deepcopy(model)
+    for clone in (loaded, copied):
+        assert all(is_patched(layer) for layer in clone.gpt_neox.layers)
+        assert all(layer.forward.args[0] is layer for layer in clone.gpt_neox.layers)  # bound to the clone
+        del op_calls[:]
+        torch.testing.assert_close(_logits(clone, ids), expected, rtol=0, atol=0)
+        assert len(op_calls) == 3
+        assert unpatch_model(clone) == 3
+
+
+@pytest.mark.parametrize("cast", ["double", "bfloat16", "half"])
+def test_casting_after_patching_keeps_working(cast):
+    ids = _ids()
+    model = _model()
+    patch_model(model)
+    getattr(model, cast)()
+    got = _logits(model, ids)
+    unpatch_model(model)
+    expected = _logits(model, ids)
+    assert got.dtype == expected.dtype
+    tolerance = {"double": 1e-12, "bfloat16": 3e-2, "half": 3e-3}[cast]
+    assert rel_err(got, expected.double()) < tolerance
+
+
+# ---- training and gradients ---------------------------------------------------------------
+
+
+def test_model_patched_in_training_mode_is_served_after_eval(op_calls):
+    ids = _ids()
+    model = _model(hidden_dropout=0.1).train()
+    assert patch_model(model) == [0, 1, 2]  # training mode is decided per call
+    torch.manual_seed(5)
+    got = model(ids).logits
+    unpatch_model(model)
+    torch.manual_seed(5)
+    expected = model(ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)  # HuggingFace's forward, dropout included
+    assert op_calls == []
+    patch_model(model)
+    model.eval()
+    reference = _model(hidden_dropout=0.1)
+    torch.testing.assert_close(_logits(model, ids), _logits(reference, ids), rtol=1e-5, atol=1e-5)
+    assert len(op_calls) == 3
+
+
+def test_gradients_with_grad_enabled_match_huggingface(op_calls):
+    ids = _ids()
+    model = _model()
+    patch_model(model)
+    model(ids, labels=ids).loss.backward()  # eval mode, grad mode on, parameters require grad
+    got = [p.grad.clone() for p in model.parameters()]
+    assert op_calls == []
+    model.zero_grad()
+    unpatch_model(model)
+    model(ids, labels=ids).loss.backward()
+    for g, p in zip(got, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=0, atol=0)
+
+
+def test_inference_mode_uses_the_op(op_calls):
+    model = _model()
+    patch_model(model)
+    with torch.inference_mode():
+        model(_ids())
+    assert len(op_calls) == 3
+
+
+@gpu
+@torch.no_grad()
+def test_cuda_model_cast_and_moved_after_patching(op_calls):
+    model = _model("cuda", torch.float16, hidden_size=256, intermediate_size=1024, num_attention_heads=4)
+    ids = _ids("cuda")
+    assert patch_model(model) == [0, 1, 2]
+    fp16 = _logits(model, ids)
+    assert len(op_calls) == 3
+    model.float()  # the CUDA kernel takes fp16/bf16: HuggingFace serves fp32
+    with pytest.warns(UserWarning, match="'weight' has dtype Float"):
+        got = _logits(model, ids)
+    assert len(op_calls) == 3
+    unpatch_model(model)
+    expected = _logits(model, ids)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert rel_err(fp16, expected.double()) < 1e-2
+    patch_model(model)
+    model.half()
+    torch.testing.assert_close(_logits(model, ids), fp16, rtol=0, atol=0)
+    assert len(op_calls) == 6
+    model.to("cpu")
+    cpu = _logits(model, ids.cpu())
+    assert len(op_calls) == 9 and rel_err(cpu, expected.cpu().double()) < 1e-2
+
+
+def test_patched_model_compiles_without_graph_breaks(op_calls):
+    ids = _ids()
+    model = _model()
+    expected = _logits(model, ids)
+    patch_model(model)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(ids)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        torch._dynamo.reset()
+        got = torch.compile(model)(ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
