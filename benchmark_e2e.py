@@ -4,12 +4,14 @@ clusterfusion's fused MLP-down + residual op, measured as time per output token.
 Arms: PyTorch (HuggingFace as shipped) and clusterfusion (every decoder layer
 patched by ``clusterfusion.hf.patch_model``), in two modes:
 
-* graph: prefill, then one decode step captured in a CUDA graph with a
-  ``StaticCache`` and replayed once per token (how a serving stack runs). Both
-  arms also run with ``torch.compile(model.forward)`` inside that graph (what a
-  user who wants speed runs today): four arms, PyTorch, PyTorch compiled,
-  clusterfusion, clusterfusion compiled. Each arm's set-up time (warm-up,
-  compilation and capture) is reported.
+* graph: through ``clusterfusion.Decoder`` (what users call): prefill, then one
+  decode step captured in a CUDA graph over a ``StaticCache`` and replayed once
+  per token. Both arms also run with ``torch.compile(model.forward)`` inside that
+  graph (what a user who wants speed runs today): four arms, PyTorch, PyTorch
+  compiled, clusterfusion, clusterfusion compiled. Each arm's set-up time
+  (Decoder, warm-up, compilation and capture) is reported, and for the fastest
+  clusterfusion arm the Decoder's ways (greedy, top-p sampling, streaming)
+  against replaying its bare captured step.
 * eager: HuggingFace ``generate`` (greedy, dynamic cache), PyTorch and clusterfusion.
 
 For every token count the arms run interleaved, several times, and the median is
@@ -68,85 +70,53 @@ def load_model(args, dtype):
     return model.to(dtype).eval(), f"Pythia-{args.config} config, random weights"
 
 
-class GraphDecoder:
-    """Greedy decoding with one CUDA-graph-captured decode step over a StaticCache.
+def _timed(fn):
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
 
-    The graph reads the current token, writes the next one in place, appends it
-    to a device-side history and leaves the step's logits in ``self.logits``, so
-    replaying it N times decodes N tokens with no host work in between.
-    ``forward`` runs the captured decode step (the model itself or a compiled
-    ``model.forward``); the prefill runs the model eagerly. ``setup_seconds``
-    is the time to warm up (and compile) and capture.
-    """
 
-    def __init__(self, model, prompt, max_new_tokens, forward=None):
-        from transformers import StaticCache
+class DecoderArm:
+    """A graph-mode arm measured through ``clusterfusion.Decoder``, as users call it:
+    eager prefill, then the decode step captured in a CUDA graph over its static
+    cache. ``setup_seconds`` is the time to make the Decoder and capture its
+    greedy step (compilation included)."""
 
+    def __init__(self, model, prompt, max_new_tokens, fusions, compile):
+        from clusterfusion import Decoder
+
+        self.prompt = prompt
         start = time.perf_counter()
-        self.model, self.prompt = model, prompt
-        self.forward = forward or model
-        self.cache = StaticCache(config=model.config, max_cache_len=prompt.shape[1] + max_new_tokens + 1)
-        self.token = torch.zeros(1, 1, dtype=torch.long, device="cuda")
-        self.history = torch.zeros(max_new_tokens + 1, dtype=torch.long, device="cuda")
-        self.position = torch.zeros(1, dtype=torch.long, device="cuda")
-        with torch.no_grad():
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up: lazy initialisation stays out of the capture
-                self.prefill()
-                for _ in range(2):
-                    self._step()
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self._step()
+        self.decoder = Decoder(model, max_length=prompt.shape[1] + max_new_tokens + 1, fusions=fusions, compile=compile)
+        self.decoder.generate(prompt, 2)
         torch.cuda.synchronize()
         self.setup_seconds = time.perf_counter() - start
 
-    def _forward(self, ids, forward=None):
-        """Runs the model on ids, makes its greedy token current and records it."""
-        logits = (forward or self.model)(ids, past_key_values=self.cache, use_cache=True).logits[:, -1]
-        self.token.copy_(logits.argmax(-1, keepdim=True))
-        self.history.index_copy_(0, self.position, self.token[0])
-        self.position.add_(1)
-        return logits
+    def timed_generate(self, new_tokens, **sampling):
+        """Returns (seconds for the request, decode seconds): decode time is the
+        request's less a one-token request's (its prefill)."""
+        first = _timed(lambda: self.decoder.generate(self.prompt, 1, **sampling))
+        total = _timed(lambda: self.decoder.generate(self.prompt, new_tokens, **sampling))
+        return total, max(total - first, 0.0)
 
-    def _step(self):
-        return self._forward(self.token, self.forward)
+    def timed_stream(self, new_tokens):
+        first = _timed(lambda: list(self.decoder.stream(self.prompt, 1)))
+        total = _timed(lambda: list(self.decoder.stream(self.prompt, new_tokens)))
+        return total, max(total - first, 0.0)
 
-    @torch.no_grad()
-    def prefill(self):
-        self.cache.reset()
-        self.position.zero_()
-        return self._forward(self.prompt)
-
-    def timed_generate(self, new_tokens):
-        """Returns (seconds for prefill + decode, decode seconds)."""
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        self.prefill()
-        torch.cuda.synchronize()
-        decode_start = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            self.graph.replay()
-        torch.cuda.synchronize()
-        end = time.perf_counter()
-        return end - start, end - decode_start
+    def timed_bare_replays(self, new_tokens):
+        """The captured greedy step replayed back to back, nothing else: the floor of a token."""
+        graph = self.decoder._graphs[False]
+        seconds = _timed(lambda: [graph.replay() for _ in range(new_tokens - 1)])
+        return seconds, seconds
 
     def greedy_tokens(self, new_tokens):
-        self.prefill()
-        for _ in range(new_tokens - 1):
-            self.graph.replay()
-        return self.history[:new_tokens].clone()
+        return self.decoder.generate(self.prompt, new_tokens)
 
     def teacher_forced_logits(self, tokens):
-        """Logits after the prompt and after each of tokens[:-1], fed regardless of the argmax."""
-        out = [self.prefill().clone()]
-        for t in tokens[:-1]:
-            self.token.fill_(t)
-            self.graph.replay()
-            out.append(self.logits.clone())
-        return torch.cat(out).float()
+        return self.decoder.teacher_forced_logits(self.prompt, tokens)
 
 
 class EagerDecoder:
@@ -216,6 +186,30 @@ def measure(decoders, token_counts, reps, desc, on_row):
                     row[arm]["speedup"] = row[baseline]["seconds"] / row[arm]["seconds"]
                     row[arm]["tpot_speedup"] = row[baseline]["tpot_ms"] / row[arm]["tpot_ms"]
             on_row(row)
+
+
+def decoder_overheads(arm, new_tokens, reps):
+    """TPOT of the ways to use one Decoder, against replaying its bare captured step."""
+    ways = {
+        "bare captured step": arm.timed_bare_replays,
+        "generate, greedy": arm.timed_generate,
+        "generate, top-p 0.9": lambda n: arm.timed_generate(n, do_sample=True, top_p=0.9),
+        "stream, greedy": arm.timed_stream,
+    }
+    for way in ways.values():  # warm-up, and the sampling step's capture
+        way(WARMUP_TOKENS)
+    return {
+        name: statistics.median(way(new_tokens)[1] for _ in range(reps)) / (new_tokens - 1) * 1e3
+        for name, way in ways.items()
+    }
+
+
+def print_decoder_overheads(tpot, label):
+    print(f"\nclusterfusion.Decoder ({label}): ms per token, and against the bare captured step\n")
+    print("| way | TPOT (ms) | vs bare step |")
+    print("|---|---|---|")
+    for name, ms in tpot.items():
+        print(f"| {name} | {ms:.3f} | {ms / tpot['bare captured step']:.3f} |", flush=True)
 
 
 def fidelity(graphs, steps):
@@ -318,7 +312,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmark_e2e: no CUDA GPU found; this benchmark needs one (H100/H200 or RTX 5090).", file=sys.stderr)
         return 1
-    from clusterfusion.hf import patch_model, patched, unpatch_model
+    from clusterfusion.hf import patched
 
     dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
     model, source = load_model(args, dtype)
@@ -333,21 +327,16 @@ def main(argv=None) -> int:
         compiled = arm.endswith("_compiled")
         if compiled:
             torch._dynamo.reset()  # the other arm's compiled code must not serve this one
-        forward = torch.compile(model.forward) if compiled else None
-        d = GraphDecoder(model, prompt, longest, forward)
-        print(f"{LABELS[arm]}: set-up (warm-up{', compilation' if compiled else ''}, capture) {d.setup_seconds:.1f} s",
-              flush=True)
+        fusions = "auto" if arm.startswith("clusterfusion") else None
+        d = DecoderArm(model, prompt, longest, fusions, compiled)
+        print(f"{LABELS[arm]}: set-up (Decoder, warm-up{', compilation' if compiled else ''}, capture) "
+              f"{d.setup_seconds:.1f} s", flush=True)
+        if fusions and len(d.decoder.served_layers) != model.config.num_hidden_layers:
+            raise SystemExit(f"benchmark_e2e: the fused op serves only layers {d.decoder.served_layers}")
         return d
 
     graph_arms = EAGER_ARMS + (COMPILED_ARMS if args.compile else ())
-    graphs = {arm: decoder(arm) for arm in graph_arms if arm.startswith("pytorch")}
-    served = patch_model(model)
-    if len(served) != model.config.num_hidden_layers:
-        print(f"benchmark_e2e: only layers {served} could be patched", file=sys.stderr)
-        return 1
-    graphs.update({arm: decoder(arm) for arm in graph_arms if arm.startswith("clusterfusion")})
-    unpatch_model(model)
-    graphs = {arm: graphs[arm] for arm in graph_arms}
+    graphs = {arm: decoder(arm) for arm in graph_arms}
     setup = {arm: d.setup_seconds for arm, d in graphs.items()}
 
     fid = fidelity(graphs, args.fidelity_steps)
@@ -373,6 +362,10 @@ def main(argv=None) -> int:
     save()
     if "graph" in args.modes:
         run_mode("graph", graphs, args.tokens)
+        fastest = min((a for a in graphs if a.startswith("clusterfusion")), key=lambda a: results["graph"][-1][a]["tpot_ms"])
+        results["decoder"] = decoder_overheads(graphs[fastest], max(args.tokens), args.reps)
+        print_decoder_overheads(results["decoder"], LABELS[fastest])
+        save()
     if "eager" in args.modes:
         eager = {"pytorch": EagerDecoder(model, prompt, contextlib.nullcontext),
                  "clusterfusion": EagerDecoder(model, prompt, lambda: patched(model))}

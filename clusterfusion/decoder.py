@@ -1,0 +1,351 @@
+"""Batch-1 generation for HuggingFace GPT-NeoX causal LMs: eager prefill, then one
+decode step captured in a CUDA graph over a static cache and replayed per token.
+
+    decoder = clusterfusion.Decoder(model)               # model: GPTNeoXForCausalLM, eval mode
+    tokens = decoder.generate(input_ids, max_new_tokens=64)
+    for token in decoder.stream(input_ids, max_new_tokens=64, do_sample=True, top_p=0.9):
+        print(token)
+
+Needs ``transformers`` (imported when a Decoder is made).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+__all__ = ["Decoder"]
+
+_FUSIONS = ("mlp_down",)
+
+
+def _fusions(fusions) -> tuple[str, ...]:
+    if fusions is None:
+        return ()
+    if fusions == "auto":
+        return _FUSIONS
+    names = (fusions,) if isinstance(fusions, str) else tuple(fusions)
+    unknown = [f for f in names if f not in _FUSIONS]
+    if unknown:
+        raise ValueError(
+            f"clusterfusion.Decoder: argument 'fusions' must be None, \"auto\" or a selection of {_FUSIONS}; got {fusions!r}"
+        )
+    return names
+
+
+class _Sampling:
+    """Device-side sampling settings, so one captured step serves every request."""
+
+    def __init__(self, device):
+        self.temperature = torch.ones(1, device=device)
+        self.top_k = torch.zeros(1, dtype=torch.long, device=device)
+        self.top_p = torch.ones(1, device=device)
+
+    def set(self, temperature: float, top_k: int, top_p: float) -> None:
+        self.temperature.fill_(temperature)
+        self.top_k.fill_(top_k)
+        self.top_p.fill_(top_p)
+
+
+def _greedy(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(-1, keepdim=True)
+
+
+def _sample(logits: torch.Tensor, sampling: _Sampling, generator: torch.Generator) -> torch.Tensor:
+    """Temperature, then top-k (0: off) and top-p over the sorted distribution, then a
+    draw by the exponential race (argmax of p / E with E ~ Exp(1)), which needs no
+    host synchronization."""
+    scores = logits.float() / sampling.temperature
+    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    probs = sorted_scores.softmax(-1)
+    rank = torch.arange(probs.shape[-1], device=probs.device)
+    top_k = torch.where(sampling.top_k > 0, sampling.top_k, probs.shape[-1])
+    keep = (rank < top_k) & (probs.cumsum(-1) - probs < sampling.top_p)
+    race = torch.where(keep, probs, 0.0) / torch.empty_like(probs).exponential_(generator=generator)
+    return order.gather(-1, race.argmax(-1, keepdim=True))
+
+
+class Decoder:
+    """Fast batch-1 generation for a HuggingFace GPT-NeoX causal LM.
+
+    The Decoder owns a ``StaticCache`` of ``max_length`` positions and, on CUDA,
+    one decode step captured in a CUDA graph per token-selection mode (greedy,
+    sampling), captured on first use and reused for every request and prompt
+    length. Each request prefills its prompt eagerly (in chunks), then replays
+    the captured step once per token; greedy choice and sampling (temperature,
+    top-k, top-p) run on the device inside the step. Tokens are read back in
+    chunks (all at once for :meth:`generate` without ``eos_token_id``).
+
+    On the CPU the same step runs without a graph.
+
+    Args:
+        model: a ``GPTNeoXForCausalLM`` on one device, in eval mode.
+        max_length: prompt plus new tokens, the static cache's length.
+        fusions: which clusterfusion fusions serve the captured step:
+            ``"auto"`` (all available: today ``("mlp_down",)``), a selection, or
+            ``None`` for HuggingFace's own kernels. The model is patched only
+            while the Decoder prefills and captures; outside its calls it is
+            unchanged.
+        compile: run the step through ``torch.compile(model.forward)`` (compiled
+            when it is captured, tens of seconds for a large model).
+
+    Raises:
+        TypeError: ``model`` is not a GPT-NeoX causal LM.
+        ValueError: ``max_length`` or ``fusions`` out of range, or the model in training mode.
+    """
+
+    _CHUNK = 16  # tokens read back at a time when streaming or watching for EOS
+    _PREFILL_CHUNK = 512  # prompt tokens per eager prefill forward
+
+    def __init__(self, model: torch.nn.Module, max_length: int = 2048, fusions="auto", compile: bool = False):
+        from transformers import GPTNeoXForCausalLM, StaticCache
+
+        if not isinstance(model, GPTNeoXForCausalLM):
+            raise TypeError(
+                f"clusterfusion.Decoder: argument 'model' must be a transformers GPTNeoXForCausalLM; got {type(model).__name__}"
+            )
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"clusterfusion.Decoder: argument 'max_length' must be an int >= 2; got {max_length!r}")
+        if model.training:
+            raise ValueError("clusterfusion.Decoder: the model is in training mode; call model.eval() first")
+        self.model = model
+        self.max_length = max_length
+        self.fusions = _fusions(fusions)
+        self.device = next(model.parameters()).device
+        self._graphs_enabled = self.device.type == "cuda"
+        self._forward = torch.compile(model.forward) if compile else model.forward
+        self.cache = StaticCache(config=model.config, max_cache_len=max_length)
+        self._token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        self._history = torch.zeros(max_length, dtype=torch.long, device=self.device)
+        self._count = torch.zeros(1, dtype=torch.long, device=self.device)  # tokens produced this request
+        self._sampling = _Sampling(self.device)
+        self._generator = torch.Generator(self.device)
+        self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self._graph_logits: dict[bool, torch.Tensor] = {}  # each captured step's logits
+        self._pool = None
+        self._request = None
+        #: Indices of the layers the fused ops serve (empty with ``fusions=None``).
+        self.served_layers: list[int] = []
+        if self.fusions:
+            from .hf import patched
+
+            with patched(model) as served:  # says once which layers it cannot serve, and why
+                self.served_layers = served
+
+    # ---- the step ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _patched(self):
+        if not self.fusions:
+            yield
+            return
+        import warnings
+
+        from .hf import patched
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # said once, when the Decoder was made
+            with patched(self.model):
+                yield
+
+    def _choose(self, logits: torch.Tensor, sample: bool) -> None:
+        token = _sample(logits, self._sampling, self._generator) if sample else _greedy(logits)
+        self._token.copy_(token)
+        self._history.index_copy_(0, self._count, token[0])
+        self._count.add_(1)
+
+    def _step(self, sample: bool) -> torch.Tensor:
+        logits = self._forward(self._token, past_key_values=self.cache, use_cache=True).logits[:, -1]
+        self._choose(logits, sample)
+        return logits
+
+    def _graph(self, sample: bool) -> torch.cuda.CUDAGraph:
+        graph = self._graphs.get(sample)
+        if graph is not None:
+            return graph
+        # Warm up off the capture (lazy initialisation, compilation), then capture.
+        # The warm-up writes the cache and the history; the prefill that follows
+        # resets both.
+        self._count.zero_()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with self._patched(), torch.no_grad():
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._step(sample)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            graph.register_generator_state(self._generator)
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._graph_logits[sample] = self._step(sample)
+        self._pool = graph.pool()
+        self._graphs[sample] = graph
+        return graph
+
+    def _prefill(self, prompt: torch.Tensor, sample: bool) -> torch.Tensor:
+        self.cache.reset()
+        self._count.zero_()
+        with self._patched(), torch.no_grad():
+            for start in range(0, prompt.shape[1], self._PREFILL_CHUNK):
+                chunk = prompt[:, start : start + self._PREFILL_CHUNK]
+                logits = self.model(chunk, past_key_values=self.cache, use_cache=True).logits[:, -1]
+            self._choose(logits, sample)
+        return logits
+
+    # ---- requests ---------------------------------------------------------------------
+
+    def _check(self, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator):
+        name = "clusterfusion.Decoder"
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
+            raise TypeError(f"{name}: argument 'input_ids' must be an integer tensor; got {input_ids!r:.80}")
+        prompt = input_ids.reshape(1, -1) if input_ids.dim() == 1 else input_ids
+        if prompt.dim() != 2 or prompt.shape[0] != 1:
+            raise ValueError(f"{name}: batch 1 only: 'input_ids' must be [length] or [1, length]; got {tuple(input_ids.shape)}")
+        if prompt.shape[1] == 0:
+            raise ValueError(f"{name}: argument 'input_ids' is empty")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"{name}: argument 'max_new_tokens' must be an int >= 1; got {max_new_tokens!r}")
+        if prompt.shape[1] + max_new_tokens > self.max_length:
+            raise ValueError(
+                f"{name}: the prompt ({prompt.shape[1]} tokens) plus max_new_tokens ({max_new_tokens}) exceeds "
+                f"max_length={self.max_length}; make the Decoder with a larger max_length"
+            )
+        if do_sample:
+            if not temperature > 0:
+                raise ValueError(f"{name}: argument 'temperature' must be > 0; got {temperature!r}")
+            if not isinstance(top_k, int) or top_k < 0:
+                raise ValueError(f"{name}: argument 'top_k' must be an int >= 0 (0: off); got {top_k!r}")
+            if not 0 < top_p <= 1:
+                raise ValueError(f"{name}: argument 'top_p' must be in (0, 1]; got {top_p!r}")
+        if eos_token_id is not None and not isinstance(eos_token_id, int):
+            raise TypeError(f"{name}: argument 'eos_token_id' must be an int or None; got {eos_token_id!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{name}: argument 'generator' must be a torch.Generator or None; got {generator!r}")
+        return prompt.to(self.device, torch.long)
+
+    def _start(self, prompt, do_sample, temperature, top_k, top_p, generator) -> torch.Tensor:
+        """Sets the request's sampling, captures its step if needed, prefills; returns the prefill's logits."""
+        if self.cache is None:
+            raise RuntimeError("clusterfusion.Decoder: this Decoder was closed")
+        if do_sample:
+            self._sampling.set(temperature, top_k, top_p)
+            device = generator.device if generator is not None else "cpu"
+            self._generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device=device)))
+        if self._graphs_enabled:
+            self._graph(do_sample)  # before the prefill: its warm-up writes the cache
+        return self._prefill(prompt, do_sample)
+
+    def _advance(self, steps: int, sample: bool) -> None:
+        if self._graphs_enabled:
+            graph = self._graphs[sample]
+            for _ in range(steps):
+                graph.replay()
+        else:
+            with self._patched(), torch.no_grad():
+                for _ in range(steps):
+                    self._step(sample)
+
+    def stream(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[int]:
+        """Yields the new tokens as they are produced, read back 16 at a time; stops
+        after ``eos_token_id`` (which is yielded) or ``max_new_tokens``.
+
+        Arguments as :meth:`generate`. The Decoder serves one request at a time:
+        starting another request ends an unfinished stream.
+        """
+        prompt = self._check(input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator)
+        return self._tokens(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator, self._CHUNK)
+
+    def _tokens(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator, chunk):
+        self._start(prompt, do_sample, temperature, top_k, top_p, generator)
+        request = self._request = object()
+        produced, yielded = 1, 0  # the prefill produced the first token
+        while yielded < max_new_tokens:
+            target = min(max_new_tokens, yielded + chunk)
+            if self._request is not request:
+                raise RuntimeError("clusterfusion.Decoder: another request started while this stream was unfinished")
+            self._advance(target - produced, do_sample)
+            produced = target
+            for token in self._history[yielded:target].tolist():
+                yield token
+                if token == eos_token_id:
+                    return
+            yielded = target
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Generates up to ``max_new_tokens`` tokens after ``input_ids``.
+
+        Args:
+            input_ids: the prompt, ``[length]`` or ``[1, length]`` (batch 1), on any device.
+            max_new_tokens: at most this many new tokens; prompt plus these must fit ``max_length``.
+            do_sample: sample instead of choosing the most likely token.
+            temperature, top_k, top_p: sampling settings (``top_k=0``: no top-k cut).
+            eos_token_id: stop after this token (it is returned).
+            generator: a seeded ``torch.Generator`` (any device) makes sampling
+                reproducible; it is drawn from once per request.
+
+        Returns:
+            The new tokens, a 1-D ``torch.long`` tensor on the CPU.
+
+        Raises:
+            ValueError / TypeError: bad arguments, with the argument named.
+        """
+        prompt = self._check(input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator)
+        chunk = self._CHUNK if eos_token_id is not None else max_new_tokens
+        tokens = list(self._tokens(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator, chunk))
+        return torch.tensor(tokens, dtype=torch.long)
+
+    @torch.no_grad()
+    def teacher_forced_logits(self, input_ids: torch.Tensor, continuation) -> torch.Tensor:
+        """The next-token logits after the prompt and after each token of
+        ``continuation`` but the last, each fed regardless of what the model would
+        choose, through the same captured step as :meth:`generate`:
+        ``[len(continuation), vocab]`` in float32 (for fidelity checks)."""
+        continuation = [int(t) for t in continuation]
+        prompt = self._check(input_ids, max(len(continuation), 1), False, 1.0, 0, 1.0, None, None)
+        self._request = object()
+        out = [self._start(prompt, False, 1.0, 0, 1.0, None).float()]
+        for token in continuation[:-1]:
+            self._token.fill_(token)
+            if self._graphs_enabled:
+                self._graphs[False].replay()
+                out.append(self._graph_logits[False].float())
+            else:
+                with self._patched():
+                    out.append(self._step(False).float())
+        return torch.cat(out)
+
+    def close(self) -> None:
+        """Releases the captured steps and the cache; the Decoder cannot serve afterwards.
+        Dropping the last reference to a Decoder releases them too."""
+        self._graphs.clear()
+        self._graph_logits.clear()
+        self._pool = None
+        self.cache = None
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,182 @@
+"""clusterfusion.Decoder: what it generates equals HuggingFace's generate, on the CPU
+(the same step without a graph) and on the GPU (the captured step)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
+
+import clusterfusion  # noqa: E402
+from clusterfusion import Decoder  # noqa: E402
+from clusterfusion.hf import is_patched  # noqa: E402
+from conftest import gpu, rel_err  # noqa: E402
+
+TINY = dict(
+    vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
+    rotary_pct=0.25, max_position_embeddings=128, use_parallel_residual=True,
+)
+
+
+def _model(device="cpu", dtype=torch.float32, **overrides):
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**{**TINY, **overrides}))
+    return model.to(dtype).eval()
+
+
+def _prompt(length, device="cpu"):
+    return torch.randint(0, 128, (1, length), device=device)
+
+
+@torch.no_grad()
+def _hf_greedy(model, prompt, new_tokens):
+    out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    return out[0, prompt.shape[1] :].cpu()
+
+
+@pytest.mark.parametrize("fusions", [None, "auto"])
+def test_greedy_equals_huggingface_generate_on_cpu(fusions):
+    model = _model()
+    decoder = Decoder(model, max_length=64, fusions=fusions)
+    for length in (5, 17, 1):  # requests of different prompt lengths, back to back
+        prompt = _prompt(length)
+        assert torch.equal(decoder.generate(prompt, max_new_tokens=20), _hf_greedy(model, prompt, 20))
+    assert not any(is_patched(layer) for layer in model.gpt_neox.layers)  # patched only inside its calls
+    assert decoder.served_layers == ([] if fusions is None else [0, 1, 2])
+
+
+def test_long_prompt_is_prefilled_in_chunks(monkeypatch):
+    model = _model()
+    decoder = Decoder(model, max_length=100)
+    monkeypatch.setattr(Decoder, "_PREFILL_CHUNK", 16)
+    prompt = _prompt(70)
+    assert torch.equal(decoder.generate(prompt[0], max_new_tokens=8), _hf_greedy(model, prompt, 8))
+
+
+def test_top_k_1_is_greedy_and_sampling_repeats_with_a_seed():
+    decoder = Decoder(_model(), max_length=64)
+    prompt = _prompt(6)
+    greedy = decoder.generate(prompt, max_new_tokens=24)
+    top1 = decoder.generate(prompt, max_new_tokens=24, do_sample=True, top_k=1, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(top1, greedy)
+    first = decoder.generate(prompt, 24, do_sample=True, temperature=1.5, generator=torch.Generator().manual_seed(7))
+    again = decoder.generate(prompt, 24, do_sample=True, temperature=1.5, generator=torch.Generator().manual_seed(7))
+    other = decoder.generate(prompt, 24, do_sample=True, temperature=1.5, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert not torch.equal(first, greedy)
+
+
+def test_top_p_keeps_the_smallest_set_with_that_mass():
+    from clusterfusion.decoder import _Sampling, _sample
+
+    sampling = _Sampling("cpu")
+    logits = torch.log(torch.tensor([[0.05, 0.5, 0.3, 0.15]]))
+    g = torch.Generator().manual_seed(0)
+    sampling.set(1.0, 0, 0.75)  # 0.5 + 0.3 reach it: tokens 1 and 2 only
+    assert {_sample(logits, sampling, g).item() for _ in range(200)} == {1, 2}
+    sampling.set(1.0, 3, 1.0)  # top-3: never token 0
+    assert {_sample(logits, sampling, g).item() for _ in range(300)} == {1, 2, 3}
+
+
+def test_stream_yields_what_generate_returns_and_eos_stops():
+    decoder = Decoder(_model(), max_length=64)
+    prompt = _prompt(4)
+    tokens = decoder.generate(prompt, max_new_tokens=40)
+    assert list(decoder.stream(prompt, max_new_tokens=40)) == tokens.tolist()
+    eos = tokens[21].item()
+    stop = tokens.tolist().index(eos)
+    assert decoder.generate(prompt, 40, eos_token_id=eos).tolist() == tokens[: stop + 1].tolist()
+    assert list(decoder.stream(prompt, 40, eos_token_id=eos)) == tokens[: stop + 1].tolist()
+
+
+def test_a_new_request_ends_an_unfinished_stream():
+    decoder = Decoder(_model(), max_length=64)
+    stream = decoder.stream(_prompt(4), max_new_tokens=40)
+    next(stream)
+    decoder.generate(_prompt(3), max_new_tokens=4)
+    with pytest.raises(RuntimeError, match="another request started"):
+        list(stream)
+
+
+def test_teacher_forced_logits_match_huggingface():
+    model = _model()
+    prompt = _prompt(5)
+    continuation = torch.randint(0, 128, (9,)).tolist()
+    with torch.no_grad():
+        expected = model(torch.cat([prompt, torch.tensor([continuation[:-1]])], 1)).logits[0, 4:]
+    got = Decoder(model, max_length=32).teacher_forced_logits(prompt, continuation)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,words",
+    [
+        (dict(input_ids=torch.zeros(2, 3, dtype=torch.long)), ValueError, "batch 1 only"),
+        (dict(input_ids=torch.zeros(1, 0, dtype=torch.long)), ValueError, "'input_ids' is empty"),
+        (dict(input_ids=torch.zeros(1, 3)), TypeError, "'input_ids' must be an integer tensor"),
+        (dict(max_new_tokens=0), ValueError, "'max_new_tokens' must be an int >= 1; got 0"),
+        (dict(max_new_tokens=30), ValueError, r"prompt \(3 tokens\) plus max_new_tokens \(30\) exceeds max_length=32"),
+        (dict(do_sample=True, temperature=0.0), ValueError, "'temperature' must be > 0"),
+        (dict(do_sample=True, top_k=-1), ValueError, "'top_k' must be an int >= 0"),
+        (dict(do_sample=True, top_p=0.0), ValueError, r"'top_p' must be in \(0, 1\]"),
+        (dict(eos_token_id="2"), TypeError, "'eos_token_id' must be an int"),
+        (dict(do_sample=True, generator=1), TypeError, "'generator' must be a torch.Generator"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, words):
+    decoder = Decoder(_model(), max_length=32)
+    call = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "max_new_tokens": 4, **kwargs}
+    with pytest.raises(exc, match=words):
+        decoder.generate(**call)
+
+
+def test_bad_construction():
+    with pytest.raises(TypeError, match="must be a transformers GPTNeoXForCausalLM; got Linear"):
+        Decoder(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="'max_length' must be an int >= 2"):
+        Decoder(_model(), max_length=1)
+    with pytest.raises(ValueError, match="'fusions' must be None, \"auto\" or a selection"):
+        Decoder(_model(), fusions=("attention_block",))
+    with pytest.raises(ValueError, match="training mode"):
+        Decoder(_model().train())
+    decoder = Decoder(_model(), max_length=16)
+    decoder.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        decoder.generate(_prompt(2), 2)
+
+
+def test_import_clusterfusion_does_not_import_transformers():
+    import subprocess
+
+    code = "import clusterfusion, sys; assert 'transformers' not in sys.modules, 'transformers imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@gpu
+@pytest.mark.parametrize("fusions", [None, "auto"])
+def test_cuda_graph_decoder_matches_huggingface(fusions):
+    # fp16, a Pythia-2.8B-wide model of 4 layers: the captured step against
+    # HuggingFace's eager forward, teacher-forced, then greedy and sampling.
+    model = _model("cuda", torch.float16, hidden_size=2560, intermediate_size=10240, num_attention_heads=32,
+                   num_hidden_layers=4, vocab_size=50304)
+    prompt = torch.randint(0, 50304, (1, 12), device="cuda")
+    decoder = Decoder(model, max_length=64, fusions=fusions)
+    assert decoder.served_layers == ([] if fusions is None else [0, 1, 2, 3])
+    tokens = _hf_greedy(model, prompt, 24)
+    with torch.no_grad():
+        expected = model(torch.cat([prompt, tokens[None, :-1].cuda()], 1)).logits[0, 11:].float()
+    got = decoder.teacher_forced_logits(prompt, tokens.tolist())
+    assert rel_err(got, expected.double()) < 1e-2
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.9
+    greedy = decoder.generate(prompt, 24)
+    assert list(decoder.stream(prompt, 24)) == greedy.tolist()
+    seeded = [decoder.generate(prompt, 24, do_sample=True, top_p=0.9, generator=torch.Generator("cuda").manual_seed(3))
+              for _ in range(2)]
+    assert torch.equal(seeded[0], seeded[1])
+    assert torch.equal(decoder.generate(prompt, 24, do_sample=True, top_k=1), greedy)
+    decoder.close()
