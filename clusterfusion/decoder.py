@@ -35,35 +35,66 @@ def _fusions(fusions) -> tuple[str, ...]:
     return names
 
 
+def _signed(value: int) -> int:
+    """A 64-bit constant as the int64 torch computes with (wrapping multiplication)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MIX1 = _signed(0xBF58476D1CE4E5B9)
+_MIX2 = _signed(0x94D049BB133111EB)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    return (x >> bits) & ((1 << (64 - bits)) - 1)  # logical: int64 shifts sign-extend
+
+
+def _uniform(key: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 of int64 keys, as float32 uniforms in (0, 1): a counter-based
+    generator, so a captured step draws fresh numbers on every replay (the key
+    holds the token's index) with no generator state, the same on every device."""
+    z = key + _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    z = z ^ _shift_right(z, 31)
+    return (_shift_right(z, 40).float() + 0.5) * 2.0**-24
+
+
 class _Sampling:
-    """Device-side sampling settings, so one captured step serves every request."""
+    """Device-side sampling settings and seed, so one captured step serves every request."""
 
     def __init__(self, device):
         self.temperature = torch.ones(1, device=device)
         self.top_k = torch.zeros(1, dtype=torch.long, device=device)
         self.top_p = torch.ones(1, device=device)
+        self.seed = torch.zeros(1, dtype=torch.long, device=device)
 
-    def set(self, temperature: float, top_k: int, top_p: float) -> None:
+    def set(self, temperature: float, top_k: int, top_p: float, seed: int) -> None:
         self.temperature.fill_(temperature)
         self.top_k.fill_(top_k)
         self.top_p.fill_(top_p)
+        self.seed.fill_(seed)
 
 
 def _greedy(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(-1, keepdim=True)
 
 
-def _sample(logits: torch.Tensor, sampling: _Sampling, generator: torch.Generator) -> torch.Tensor:
+def _sample(logits: torch.Tensor, sampling: _Sampling, index: torch.Tensor) -> torch.Tensor:
     """Temperature, then top-k (0: off) and top-p over the sorted distribution, then a
-    draw by the exponential race (argmax of p / E with E ~ Exp(1)), which needs no
-    host synchronization."""
+    draw by the exponential race (argmax of p / E with E ~ Exp(1)) with uniforms
+    keyed by the seed, the token's index in the request and the rank: no host
+    synchronization, reproducible from the seed."""
     scores = logits.float() / sampling.temperature
-    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    # Stable, so that among equal scores the first comes first, as argmax picks it: top_k=1 is greedy.
+    sorted_scores, order = scores.sort(dim=-1, descending=True, stable=True)
     probs = sorted_scores.softmax(-1)
-    rank = torch.arange(probs.shape[-1], device=probs.device)
-    top_k = torch.where(sampling.top_k > 0, sampling.top_k, probs.shape[-1])
+    vocab = probs.shape[-1]
+    rank = torch.arange(vocab, device=probs.device)
+    top_k = torch.where(sampling.top_k > 0, sampling.top_k, vocab)
     keep = (rank < top_k) & (probs.cumsum(-1) - probs < sampling.top_p)
-    race = torch.where(keep, probs, 0.0) / torch.empty_like(probs).exponential_(generator=generator)
+    exponential = -torch.log(_uniform(sampling.seed + index * vocab + rank))
+    race = torch.where(keep, probs, 0.0) / exponential
     return order.gather(-1, race.argmax(-1, keepdim=True))
 
 
@@ -121,7 +152,6 @@ class Decoder:
         self._history = torch.zeros(max_length, dtype=torch.long, device=self.device)
         self._count = torch.zeros(1, dtype=torch.long, device=self.device)  # tokens produced this request
         self._sampling = _Sampling(self.device)
-        self._generator = torch.Generator(self.device)
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self._graph_logits: dict[bool, torch.Tensor] = {}  # each captured step's logits
         self._pool = None
@@ -151,7 +181,7 @@ class Decoder:
                 yield
 
     def _choose(self, logits: torch.Tensor, sample: bool) -> None:
-        token = _sample(logits, self._sampling, self._generator) if sample else _greedy(logits)
+        token = _sample(logits, self._sampling, self._count) if sample else _greedy(logits)
         self._token.copy_(token)
         self._history.index_copy_(0, self._count, token[0])
         self._count.add_(1)
@@ -177,7 +207,6 @@ class Decoder:
                     self._step(sample)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            graph.register_generator_state(self._generator)
             with torch.cuda.graph(graph, pool=self._pool):
                 self._graph_logits[sample] = self._step(sample)
         self._pool = graph.pool()
@@ -230,9 +259,9 @@ class Decoder:
         if self.cache is None:
             raise RuntimeError("clusterfusion.Decoder: this Decoder was closed")
         if do_sample:
-            self._sampling.set(temperature, top_k, top_p)
             device = generator.device if generator is not None else "cpu"
-            self._generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device=device)))
+            seed = int(torch.randint(2**62, (1,), generator=generator, device=device))
+            self._sampling.set(temperature, top_k, top_p, seed)
         if self._graphs_enabled:
             self._graph(do_sample)  # before the prefill: its warm-up writes the cache
         return self._prefill(prompt, do_sample)
@@ -303,7 +332,9 @@ class Decoder:
             temperature, top_k, top_p: sampling settings (``top_k=0``: no top-k cut).
             eos_token_id: stop after this token (it is returned).
             generator: a seeded ``torch.Generator`` (any device) makes sampling
-                reproducible; it is drawn from once per request.
+                reproducible; one seed is drawn from it (or from torch's default
+                generator) per request, and the same seed gives the same tokens
+                on every run.
 
         Returns:
             The new tokens, a 1-D ``torch.long`` tensor on the CPU.

@@ -11,7 +11,6 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 
-import clusterfusion  # noqa: E402
 from clusterfusion import Decoder  # noqa: E402
 from clusterfusion.hf import is_patched  # noqa: E402
 from conftest import gpu, rel_err  # noqa: E402
@@ -71,16 +70,34 @@ def test_top_k_1_is_greedy_and_sampling_repeats_with_a_seed():
     assert not torch.equal(first, greedy)
 
 
-def test_top_p_keeps_the_smallest_set_with_that_mass():
+def test_sampling_draws_from_the_distribution_and_respects_top_k_and_top_p():
     from clusterfusion.decoder import _Sampling, _sample
 
     sampling = _Sampling("cpu")
     logits = torch.log(torch.tensor([[0.05, 0.5, 0.3, 0.15]]))
-    g = torch.Generator().manual_seed(0)
-    sampling.set(1.0, 0, 0.75)  # 0.5 + 0.3 reach it: tokens 1 and 2 only
-    assert {_sample(logits, sampling, g).item() for _ in range(200)} == {1, 2}
-    sampling.set(1.0, 3, 1.0)  # top-3: never token 0
-    assert {_sample(logits, sampling, g).item() for _ in range(300)} == {1, 2, 3}
+
+    def draws(n=4000):
+        return torch.cat([_sample(logits, sampling, torch.tensor([i])) for i in range(n)]).flatten()
+
+    sampling.set(1.0, 0, 1.0, seed=11)
+    freq = torch.bincount(draws(), minlength=4).double() / 4000
+    assert (freq - torch.tensor([0.05, 0.5, 0.3, 0.15], dtype=torch.double)).abs().max() < 0.03
+    sampling.set(1.0, 0, 0.75, seed=12)  # 0.5 + 0.3 reach it: tokens 1 and 2 only
+    assert set(draws(300).tolist()) == {1, 2}
+    sampling.set(1.0, 3, 1.0, seed=13)  # top-3: never token 0
+    assert set(draws(300).tolist()) == {1, 2, 3}
+    sampling.set(1.0, 0, 1.0, seed=11)
+    assert torch.equal(draws(50), draws(50))  # keyed by seed and index: reproducible
+
+
+def test_uniforms_are_uniform():
+    from clusterfusion.decoder import _uniform
+
+    u = _uniform(torch.arange(200_000, dtype=torch.long) * 7919 + 3)
+    assert 0 < u.min() and u.max() < 1
+    histogram = torch.histc(u, bins=20, min=0, max=1) / u.numel()
+    assert (histogram - 0.05).abs().max() < 0.003
+    assert abs(float(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1])) < 0.01
 
 
 def test_stream_yields_what_generate_returns_and_eos_stops():
