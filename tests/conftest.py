@@ -73,6 +73,23 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).norm() / ref.norm()).item()
 
 
+# A GPT-NeoX model small enough for the CPU, with Pythia's layer structure.
+TINY_GPT_NEOX = dict(
+    vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
+    rotary_pct=0.25, max_position_embeddings=128, use_parallel_residual=True,
+)
+
+
+def gpt_neox_model(device="cpu", dtype=torch.float32, **overrides):
+    """A GPTNeoXForCausalLM with deterministic random weights, in eval mode (needs transformers)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**{**TINY_GPT_NEOX, **overrides}))
+    return model.to(dtype).eval()
+
+
 def call_poisoned(fn, inputs: dict) -> torch.Tensor:
     """Calls fn(**inputs) with NaN left in the memory its CUDA output will occupy.
 

@@ -7,27 +7,16 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import DynamicCache, GPTNeoXConfig, GPTNeoXForCausalLM, StaticCache  # noqa: E402
+from transformers import DynamicCache, StaticCache  # noqa: E402
 
 from clusterfusion.hf import is_patched, patch_model, patched, unpatch_model  # noqa: E402
-from conftest import gpu, rel_err  # noqa: E402
+from conftest import gpt_neox_model as _model, gpu, rel_err  # noqa: E402
 
-TINY = dict(
-    vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-    rotary_pct=0.25, max_position_embeddings=64, use_parallel_residual=True,
-)
 PYTHIA_2B8 = dict(
     vocab_size=50304, hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, intermediate_size=10240,
     rotary_pct=0.25, max_position_embeddings=2048, use_parallel_residual=True,
 )
 
-
-def _model(device="cpu", dtype=torch.float32, **overrides):
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(**{**TINY, **overrides})
-    with torch.device(device):
-        model = GPTNeoXForCausalLM(config)
-    return model.to(dtype).eval()
 
 
 def _decode_logits(model, ids, steps, cache):

@@ -14,23 +14,12 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 
 import clusterfusion.hf as cf_hf  # noqa: E402
 from clusterfusion.hf import is_patched, patch_model, unpatch_model  # noqa: E402
-from conftest import gpu, rel_err  # noqa: E402
-
-TINY = dict(
-    vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-    rotary_pct=0.25, max_position_embeddings=64, use_parallel_residual=True,
-)
+from conftest import gpt_neox_model as _model, gpu, rel_err  # noqa: E402
 
 
-def _model(device="cpu", dtype=torch.float32, **overrides):
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(**{**TINY, **overrides}))
-    return model.to(dtype).eval()
 
 
 def _ids(device="cpu"):
