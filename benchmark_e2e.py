@@ -94,17 +94,19 @@ class DecoderArm:
         torch.cuda.synchronize()
         self.setup_seconds = time.perf_counter() - start
 
-    def timed_generate(self, new_tokens, **sampling):
-        """Returns (seconds for the request, decode seconds): decode time is the
-        request's less a one-token request's (its prefill)."""
-        first = _timed(lambda: self.decoder.generate(self.prompt, 1, **sampling))
-        total = _timed(lambda: self.decoder.generate(self.prompt, new_tokens, **sampling))
+    @staticmethod
+    def _request_and_decode_seconds(request, new_tokens):
+        """(seconds for request(new_tokens), decode seconds): the request's less a
+        one-token request's (its prefill)."""
+        first = _timed(lambda: request(1))
+        total = _timed(lambda: request(new_tokens))
         return total, max(total - first, 0.0)
 
+    def timed_generate(self, new_tokens, **sampling):
+        return self._request_and_decode_seconds(lambda n: self.decoder.generate(self.prompt, n, **sampling), new_tokens)
+
     def timed_stream(self, new_tokens):
-        first = _timed(lambda: list(self.decoder.stream(self.prompt, 1)))
-        total = _timed(lambda: list(self.decoder.stream(self.prompt, new_tokens)))
-        return total, max(total - first, 0.0)
+        return self._request_and_decode_seconds(lambda n: list(self.decoder.stream(self.prompt, n)), new_tokens)
 
     def timed_bare_replays(self, new_tokens):
         """The captured greedy step replayed back to back after a one-token request's

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 
@@ -98,6 +99,19 @@ def _sample(logits: torch.Tensor, sampling: _Sampling, index: torch.Tensor) -> t
     return order.gather(-1, race.argmax(-1, keepdim=True))
 
 
+class _Request(NamedTuple):
+    """One request's arguments, checked."""
+
+    prompt: torch.Tensor  # [1, length] on the Decoder's device
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eos_token_id: int | None = None
+    generator: torch.Generator | None = None
+
+
 class Decoder:
     """Fast batch-1 generation for a HuggingFace GPT-NeoX causal LM.
 
@@ -155,7 +169,7 @@ class Decoder:
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self._graph_logits: dict[bool, torch.Tensor] = {}  # each captured step's logits
         self._pool = None
-        self._request = None
+        self._active = None  # the request whose tokens the history holds
         #: Indices of the layers the fused ops serve (empty with ``fusions=None``).
         self.served_layers: list[int] = []
         if self.fusions:
@@ -225,7 +239,8 @@ class Decoder:
 
     # ---- requests ---------------------------------------------------------------------
 
-    def _check(self, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator):
+    def _check(self, input_ids, max_new_tokens, do_sample=False, temperature=1.0, top_k=0, top_p=1.0,
+               eos_token_id=None, generator=None) -> _Request:
         name = "clusterfusion.Decoder"
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
             raise TypeError(f"{name}: argument 'input_ids' must be an integer tensor; got {input_ids!r:.80}")
@@ -252,19 +267,21 @@ class Decoder:
             raise TypeError(f"{name}: argument 'eos_token_id' must be an int or None; got {eos_token_id!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"{name}: argument 'generator' must be a torch.Generator or None; got {generator!r}")
-        return prompt.to(self.device, torch.long)
+        return _Request(prompt.to(self.device, torch.long), max_new_tokens, do_sample, temperature, top_k, top_p,
+                        eos_token_id, generator)
 
-    def _start(self, prompt, do_sample, temperature, top_k, top_p, generator) -> torch.Tensor:
+    def _start(self, r: _Request) -> torch.Tensor:
         """Sets the request's sampling, captures its step if needed, prefills; returns the prefill's logits."""
         if self.cache is None:
             raise RuntimeError("clusterfusion.Decoder: this Decoder was closed")
-        if do_sample:
-            device = generator.device if generator is not None else "cpu"
-            seed = int(torch.randint(2**62, (1,), generator=generator, device=device))
-            self._sampling.set(temperature, top_k, top_p, seed)
+        self._active = r
+        if r.do_sample:
+            device = r.generator.device if r.generator is not None else "cpu"
+            seed = int(torch.randint(2**62, (1,), generator=r.generator, device=device))
+            self._sampling.set(r.temperature, r.top_k, r.top_p, seed)
         if self._graphs_enabled:
-            self._graph(do_sample)  # before the prefill: its warm-up writes the cache
-        return self._prefill(prompt, do_sample)
+            self._graph(r.do_sample)  # before the prefill: its warm-up writes the cache
+        return self._prefill(r.prompt, r.do_sample)
 
     def _advance(self, steps: int, sample: bool) -> None:
         if self._graphs_enabled:
@@ -293,22 +310,21 @@ class Decoder:
         Arguments as :meth:`generate`. The Decoder serves one request at a time:
         starting another request ends an unfinished stream.
         """
-        prompt = self._check(input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator)
-        return self._tokens(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator, self._CHUNK)
+        request = self._check(input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator)
+        return self._tokens(request, self._CHUNK)
 
-    def _tokens(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator, chunk):
-        self._start(prompt, do_sample, temperature, top_k, top_p, generator)
-        request = self._request = object()
+    def _tokens(self, r: _Request, chunk: int) -> Iterator[int]:
+        self._start(r)
         produced, yielded = 1, 0  # the prefill produced the first token
-        while yielded < max_new_tokens:
-            target = min(max_new_tokens, yielded + chunk)
-            if self._request is not request:
+        while yielded < r.max_new_tokens:
+            target = min(r.max_new_tokens, yielded + chunk)
+            if self._active is not r:
                 raise RuntimeError("clusterfusion.Decoder: another request started while this stream was unfinished")
-            self._advance(target - produced, do_sample)
+            self._advance(target - produced, r.do_sample)
             produced = target
             for token in self._history[yielded:target].tolist():
                 yield token
-                if token == eos_token_id:
+                if token == r.eos_token_id:
                     return
             yielded = target
 
@@ -342,10 +358,9 @@ class Decoder:
         Raises:
             ValueError / TypeError: bad arguments, with the argument named.
         """
-        prompt = self._check(input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator)
+        request = self._check(input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator)
         chunk = self._CHUNK if eos_token_id is not None else max_new_tokens
-        tokens = list(self._tokens(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, generator, chunk))
-        return torch.tensor(tokens, dtype=torch.long)
+        return torch.tensor(list(self._tokens(request, chunk)), dtype=torch.long)
 
     @torch.no_grad()
     def teacher_forced_logits(self, input_ids: torch.Tensor, continuation) -> torch.Tensor:
@@ -354,9 +369,7 @@ class Decoder:
         choose, through the same captured step as :meth:`generate`:
         ``[len(continuation), vocab]`` in float32 (for fidelity checks)."""
         continuation = [int(t) for t in continuation]
-        prompt = self._check(input_ids, max(len(continuation), 1), False, 1.0, 0, 1.0, None, None)
-        self._request = object()
-        out = [self._start(prompt, False, 1.0, 0, 1.0, None).float()]
+        out = [self._start(self._check(input_ids, max(len(continuation), 1))).float()]
         for token in continuation[:-1]:
             self._token.fill_(token)
             if self._graphs_enabled:
