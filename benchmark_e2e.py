@@ -1,8 +1,9 @@
 """End-to-end benchmark: HuggingFace GPT-NeoX (Pythia) decoding with and without
-clusterfusion's fused MLP-down + residual op, measured as time per output token.
+clusterfusion's fused ops, measured as time per output token.
 
 Arms: PyTorch (HuggingFace as shipped) and clusterfusion (every decoder layer
-patched by ``clusterfusion.hf.patch_model``), in two modes:
+patched by ``clusterfusion.hf.patch_model`` with ``--fusions``, by default the
+fused MLP block), in two modes:
 
 * graph: through ``clusterfusion.Decoder`` (what users call): prefill, then one
   decode step captured in a CUDA graph over a ``StaticCache`` and replayed once
@@ -26,6 +27,7 @@ uncompiled PyTorch arm, and free-running greedy tokens compared.
     python benchmark_e2e.py --model /path/to/pythia-2.8b   # a local checkpoint
     python benchmark_e2e.py --tokens 16 128 1024 --modes graph --plot tpot.png
     python benchmark_e2e.py --no-compile           # without the torch.compile arms
+    python benchmark_e2e.py --fusions mlp_down     # the MLP-down op instead of the MLP block
 """
 
 from __future__ import annotations
@@ -308,6 +310,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fidelity-steps", type=int, default=128)
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="graph mode without the torch.compile arms")
+    parser.add_argument("--fusions", choices=["auto", "mlp_block", "mlp_down"], default="auto",
+                        help="what serves the clusterfusion arms' layers (auto: the most fused that can)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="benchmark_e2e.json")
     parser.add_argument("--plot", metavar="FILE.png")
@@ -331,10 +335,11 @@ def main(argv=None) -> int:
         compiled = arm.endswith("_compiled")
         if compiled:
             torch._dynamo.reset()  # the other arm's compiled code must not serve this one
-        fusions = "auto" if arm.startswith("clusterfusion") else None
+        fusions = args.fusions if arm.startswith("clusterfusion") else None
         d = DecoderArm(model, prompt, longest, fusions, compiled)
+        served = {f: len(i) for f, i in getattr(d.decoder.served_layers, "by_fusion", {}).items()}
         print(f"{LABELS[arm]}: set-up (Decoder, warm-up{', compilation' if compiled else ''}, capture) "
-              f"{d.setup_seconds:.1f} s", flush=True)
+              f"{d.setup_seconds:.1f} s" + (f"; layers served by {served}" if served else ""), flush=True)
         if fusions and len(d.decoder.served_layers) != model.config.num_hidden_layers:
             raise SystemExit(f"benchmark_e2e: the fused op serves only layers {d.decoder.served_layers}")
         return d
@@ -349,7 +354,7 @@ def main(argv=None) -> int:
 
     def save():
         with open(args.json, "w") as f:
-            json.dump(dict(card=card, source=source, dtype=args.dtype, torch=torch.__version__, results=results,
+            json.dump(dict(card=card, source=source, dtype=args.dtype, fusions=args.fusions, torch=torch.__version__, results=results,
                            fidelity=fid, setup_seconds=setup), f, indent=1)
 
     def run_mode(mode, decoders, counts):
@@ -372,7 +377,7 @@ def main(argv=None) -> int:
         save()
     if "eager" in args.modes:
         eager = {"pytorch": EagerDecoder(model, prompt, contextlib.nullcontext),
-                 "clusterfusion": EagerDecoder(model, prompt, lambda: patched(model))}
+                 "clusterfusion": EagerDecoder(model, prompt, lambda: patched(model, args.fusions))}
         run_mode("eager", eager, [n for n in args.tokens if n <= args.eager_max_tokens])
     if args.plot:
         plot(args.plot, results, card)

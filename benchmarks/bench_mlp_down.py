@@ -29,14 +29,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import clusterfusion
+from _timing import add_common_arguments, eager_us, graph_us, host_us, start
 
 SHAPES = {"2.8b": (2560, 10240), "6.9b": (4096, 16384)}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -63,29 +62,6 @@ def gelu_only(hidden_states, attn_output, up_output, weight, bias):
     return F.gelu(up_output)
 
 
-def median_ms(run, reps: int) -> float:
-    """Median device time of run() over reps, timed with CUDA events."""
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def read_ceiling_tbs(reps: int) -> float:
-    """Streaming read bandwidth of the card: a sum over 1 GiB of random fp16."""
-    buf = torch.randn(1 << 29, device="cuda", dtype=torch.float16)
-    for _ in range(3):
-        buf.sum()
-    ms = median_ms(lambda: buf.sum(), reps)
-    del buf
-    return (1 << 30) / (ms * 1e-3) / 1e12
-
-
 def make_weights(hidden, ffn, dtype, layers):
     scale = ffn**-0.5
     return [
@@ -106,43 +82,6 @@ def make_layers(weights, m, dtype, input_name="mlp_intermediate"):
         }
         for w, b in weights
     ]
-
-
-def run_layers(fn, layers):
-    return [fn(**layer) for layer in layers]
-
-
-def eager_us(fn, layers, reps):
-    run_layers(fn, layers)
-    return median_ms(lambda: run_layers(fn, layers), reps) * 1e3 / len(layers)
-
-
-def graph_us(fn, layers, reps):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run_layers(fn, layers)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run_layers(fn, layers)
-    for _ in range(3):
-        graph.replay()
-    us = median_ms(graph.replay, reps) * 1e3 / len(layers)
-    del graph
-    return us
-
-
-def host_us(fn, layer, calls=200):
-    """CPU time of one eager call, without synchronizing."""
-    fn(**layer)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn(**layer)
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
 
 
 def layer_bytes(hidden, ffn, m, dtype):
@@ -220,27 +159,14 @@ def print_table(results, card, ceiling):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--m", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="token counts (rows of hidden_states)")
-    parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=100)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="what to time (default: all)")
-    parser.add_argument("--no-context", dest="context", action="store_false", help="skip the in-context timings")
-    parser.add_argument("--plan", help="pin clusterfusion's launch plan, BLOCK_N:CLUSTER[:STAGES] (default: the planner's)")
-    parser.add_argument("--no-pdl", dest="pdl", action="store_false", help="turn programmatic dependent launch off")
-    parser.add_argument("--json", default="bench_mlp_down.json")
+    add_common_arguments(parser, shapes=SHAPES, dtypes=DTYPES, arms=ARMS, m=[1, 2, 4, 8, 16], reps=100,
+                         json="bench_mlp_down.json",
+                         plan_help="pin clusterfusion's launch plan, BLOCK_N:CLUSTER[:STAGES] (default: the planner's)")
     args = parser.parse_args(argv)
-
-    if not torch.cuda.is_available():
-        print("bench_mlp_down: no CUDA GPU available", file=sys.stderr)
+    started = start("bench_mlp_down", args.reps)
+    if started is None:
         return 1
-    torch.manual_seed(0)
-    torch._dynamo.config.cache_size_limit = 64
-    prop = torch.cuda.get_device_properties(0)
-    card = f"{prop.name} ({prop.multi_processor_count} SMs, {prop.L2_cache_size >> 20} MB L2)"
-    ceiling = read_ceiling_tbs(args.reps)
-    print(f"card: {card}; streaming read ceiling {ceiling:.2f} TB/s; torch {torch.__version__}", flush=True)
+    card, ceiling, probes = started
 
     tuning = (
         clusterfusion.tuning(plan=args.plan, pdl=args.pdl)
@@ -272,7 +198,7 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
 
     with open(args.json, "w") as f:
-        json.dump(dict(card=card, read_ceiling_tbs=ceiling, torch=torch.__version__, plan=args.plan, pdl=args.pdl,
+        json.dump(dict(card=card, read_ceiling_tbs=ceiling, read_probes_tbs=probes, torch=torch.__version__, plan=args.plan, pdl=args.pdl,
                        results=results), f, indent=1)
     print_table(results, card, ceiling)
     return 0

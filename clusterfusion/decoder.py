@@ -17,23 +17,9 @@ from typing import NamedTuple
 
 import torch
 
+from ._fusions import parse_fusions
+
 __all__ = ["Decoder"]
-
-_FUSIONS = ("mlp_down",)
-
-
-def _fusions(fusions) -> tuple[str, ...]:
-    if fusions is None:
-        return ()
-    if fusions == "auto":
-        return _FUSIONS
-    names = (fusions,) if isinstance(fusions, str) else tuple(fusions)
-    unknown = [f for f in names if f not in _FUSIONS]
-    if unknown:
-        raise ValueError(
-            f"clusterfusion.Decoder: argument 'fusions' must be None, \"auto\" or a selection of {_FUSIONS}; got {fusions!r}"
-        )
-    return names
 
 
 def _signed(value: int) -> int:
@@ -52,8 +38,7 @@ def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 def _uniform(key: torch.Tensor) -> torch.Tensor:
     """SplitMix64 of int64 keys, as float32 uniforms in (0, 1): a counter-based
-    generator, so a captured step draws fresh numbers on every replay (the key
-    holds the token's index) with no generator state, the same on every device."""
+    generator, the same numbers on every device for the same keys."""
     z = key + _GOLDEN
     z = (z ^ _shift_right(z, 30)) * _MIX1
     z = (z ^ _shift_right(z, 27)) * _MIX2
@@ -62,19 +47,22 @@ def _uniform(key: torch.Tensor) -> torch.Tensor:
 
 
 class _Sampling:
-    """Device-side sampling settings and seed, so one captured step serves every request."""
+    """Device-side sampling settings, so one captured step serves every request, and
+    one uniform per position of the request, drawn when the request starts: the
+    step reads its token's uniform by index, with no generator state in the graph."""
 
-    def __init__(self, device):
+    def __init__(self, device, max_length: int):
         self.temperature = torch.ones(1, device=device)
         self.top_k = torch.zeros(1, dtype=torch.long, device=device)
         self.top_p = torch.ones(1, device=device)
-        self.seed = torch.zeros(1, dtype=torch.long, device=device)
+        self.uniforms = torch.full((max_length,), 0.5, device=device)
+        self._positions = torch.arange(max_length, device=device)
 
     def set(self, temperature: float, top_k: int, top_p: float, seed: int) -> None:
         self.temperature.fill_(temperature)
         self.top_k.fill_(top_k)
         self.top_p.fill_(top_p)
-        self.seed.fill_(seed)
+        self.uniforms.copy_(_uniform(self._positions + seed))
 
 
 def _greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -82,21 +70,21 @@ def _greedy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _sample(logits: torch.Tensor, sampling: _Sampling, index: torch.Tensor) -> torch.Tensor:
-    """Temperature, then top-k (0: off) and top-p over the sorted distribution, then a
-    draw by the exponential race (argmax of p / E with E ~ Exp(1)) with uniforms
-    keyed by the seed, the token's index in the request and the rank: no host
-    synchronization, reproducible from the seed."""
+    """Temperature, then top-k (0: off) and top-p over the sorted distribution, then
+    the inverse of the kept tokens' cumulative distribution at the token's uniform:
+    no host synchronization, reproducible from the seed."""
     scores = logits.float() / sampling.temperature
     # Stable, so that among equal scores the first comes first, as argmax picks it: top_k=1 is greedy.
     sorted_scores, order = scores.sort(dim=-1, descending=True, stable=True)
     probs = sorted_scores.softmax(-1)
-    vocab = probs.shape[-1]
-    rank = torch.arange(vocab, device=probs.device)
-    top_k = torch.where(sampling.top_k > 0, sampling.top_k, vocab)
-    keep = (rank < top_k) & (probs.cumsum(-1) - probs < sampling.top_p)
-    exponential = -torch.log(_uniform(sampling.seed + index * vocab + rank))
-    race = torch.where(keep, probs, 0.0) / exponential
-    return order.gather(-1, race.argmax(-1, keepdim=True))
+    cumulative = probs.cumsum(-1)
+    # Both rules keep a prefix of the sorted tokens, at least the first.
+    top_k = torch.where(sampling.top_k > 0, sampling.top_k, probs.shape[-1])
+    by_mass = (cumulative - probs < sampling.top_p).sum(-1, keepdim=True)
+    kept = torch.minimum(by_mass, top_k).clamp_(min=1)
+    target = sampling.uniforms.index_select(0, index) * cumulative.gather(-1, kept - 1)
+    choice = torch.minimum((cumulative <= target).sum(-1, keepdim=True), kept - 1)
+    return order.gather(-1, choice)
 
 
 class _Request(NamedTuple):
@@ -129,8 +117,9 @@ class Decoder:
         model: a ``GPTNeoXForCausalLM`` on one device, in eval mode.
         max_length: prompt plus new tokens, the static cache's length.
         fusions: which clusterfusion fusions serve the captured step:
-            ``"auto"`` (all available: today ``("mlp_down",)``), a selection, or
-            ``None`` for HuggingFace's own kernels. The model is patched only
+            ``"auto"`` (all, most fused first: ``("mlp_block", "mlp_down")``), a
+            selection (see :func:`clusterfusion.hf.patch_model`), or ``None``
+            for HuggingFace's own kernels. The model is patched only
             while the Decoder prefills and captures; outside its calls it is
             unchanged.
         compile: run the step through ``torch.compile(model.forward)`` (compiled
@@ -157,7 +146,7 @@ class Decoder:
             raise ValueError("clusterfusion.Decoder: the model is in training mode; call model.eval() first")
         self.model = model
         self.max_length = max_length
-        self.fusions = _fusions(fusions)
+        self.fusions = parse_fusions(fusions, "clusterfusion.Decoder")
         self.device = next(model.parameters()).device
         self._graphs_enabled = self.device.type == "cuda"
         self._forward = torch.compile(model.forward) if compile else model.forward
@@ -165,17 +154,18 @@ class Decoder:
         self._token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._history = torch.zeros(max_length, dtype=torch.long, device=self.device)
         self._count = torch.zeros(1, dtype=torch.long, device=self.device)  # tokens produced this request
-        self._sampling = _Sampling(self.device)
+        self._sampling = _Sampling(self.device, max_length)
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self._graph_logits: dict[bool, torch.Tensor] = {}  # each captured step's logits
         self._pool = None
         self._active = None  # the request whose tokens the history holds
-        #: Indices of the layers the fused ops serve (empty with ``fusions=None``).
+        #: Indices of the layers the fused ops serve (empty with ``fusions=None``); with
+        #: ``fusions``, a :class:`clusterfusion.hf.PatchReport` that also says which fusion serves which.
         self.served_layers: list[int] = []
         if self.fusions:
             from .hf import patched
 
-            with patched(model) as served:  # says once which layers it cannot serve, and why
+            with patched(model, self.fusions) as served:  # says once which layers it cannot serve, and why
                 self.served_layers = served
 
     # ---- the step ---------------------------------------------------------------------
@@ -191,7 +181,7 @@ class Decoder:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said once, when the Decoder was made
-            with patched(self.model):
+            with patched(self.model, self.fusions):
                 yield
 
     def _choose(self, logits: torch.Tensor, sample: bool) -> None:

@@ -1,5 +1,5 @@
-"""HuggingFace GPT-NeoX integration: run each decoder layer's MLP down projection,
-its bias and the parallel residual with :func:`clusterfusion.mlp_down_residual`.
+"""HuggingFace GPT-NeoX integration: run each decoder layer's MLP branch with
+clusterfusion's fused ops.
 
     from clusterfusion.hf import patch_model, unpatch_model, patched
 
@@ -7,22 +7,31 @@ its bias and the parallel residual with :func:`clusterfusion.mlp_down_residual`.
     model.generate(...)           # eager, dynamic or static cache, CUDA graphs, torch.compile
     unpatch_model(model)
 
-    with patched(model):          # or scoped
+    with patched(model, fusions=("mlp_down",)):   # or scoped, with a choice of fusions
         ...
 
-Everything else in the layer (layer norms, attention, the up projection and
-GELU) stays HuggingFace's own code. The patch never changes what the model
-computes beyond rounding: a patched layer decides on every call whether the op
-can serve it, and runs HuggingFace's forward instead
+Two fusions, most fused first (``fusions="auto"`` asks for both):
+
+* ``mlp_block``: :func:`clusterfusion.mlp_block_residual`, the whole parallel-
+  residual MLP branch (``post_attention_layernorm``, ``dense_h_to_4h``, GELU,
+  ``dense_4h_to_h`` and both residual adds);
+* ``mlp_down``: :func:`clusterfusion.mlp_down_residual`, the down projection, its
+  bias and the residual adds (the rest of the branch stays HuggingFace's).
+
+Attention stays HuggingFace's own code. The patch never changes what the model
+computes beyond rounding: a patched layer decides on every call which of its
+fusions can serve it (the most fused first), and runs HuggingFace's forward
+when none can:
 
 * in training mode, and whenever autograd needs the layer's gradients (grad
-  mode on and the input or the down projection's parameters require grad);
-* when a module the fused forward bypasses (``mlp``, ``mlp.dense_4h_to_h``, the
-  two dropouts) carries hooks, an adapter (a PEFT LoRA wrapper), an accelerate
-  hook, a forward of its own, or is not the plain HuggingFace / ``nn.Linear``
-  module; when the layer itself carries an accelerate hook;
-* when the down projection's weight is one the op rejects (dtype, device,
-  layout) or not materialized (meta, offloaded).
+  mode on and the input or a parameter of the MLP branch requires grad);
+* when a module a fusion bypasses (``mlp``, its linears and activation,
+  ``post_attention_layernorm``, the two dropouts) carries hooks, an adapter (a
+  PEFT LoRA wrapper), an accelerate hook, a forward of its own, or is not the
+  plain HuggingFace / ``torch.nn`` module; when the layer itself carries an
+  accelerate hook; for ``mlp_block``, also another activation than the exact GELU;
+* when a weight is one the op rejects (dtype, device, layout) or not
+  materialized (meta, offloaded).
 
 So moving, casting, adding adapters or hooks, offloading or training after
 patching all keep HuggingFace's behaviour. Patched models pickle and deep-copy
@@ -39,11 +48,18 @@ import warnings
 
 import torch
 import transformers
+from transformers.activations import GELUActivation
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer, GPTNeoXMLP
 
-from .ops import mlp_down_residual, mlp_down_residual_unsupported_reason
+from ._fusions import FUSIONS, parse_fusions
+from .ops import (
+    mlp_block_residual,
+    mlp_block_residual_unsupported_reason,
+    mlp_down_residual,
+    mlp_down_residual_unsupported_reason,
+)
 
-__all__ = ["patch_model", "unpatch_model", "patched", "is_patched"]
+__all__ = ["patch_model", "unpatch_model", "patched", "is_patched", "PatchReport", "FUSIONS"]
 
 # GPTNeoXLayer.forward as this module was written against (transformers 5.x).
 _EXPECTED_SIGNATURE = (
@@ -57,6 +73,8 @@ _EXPECTED_SIGNATURE = (
 )
 # In a patched layer's __dict__: the instance `forward` it had before patching, or None.
 _PREVIOUS_FORWARD = "_clusterfusion_previous_forward"
+# In a patched layer's __dict__: the fusions it may use, most fused first.
+_LAYER_FUSIONS = "_clusterfusion_fusions"
 
 
 def _check_transformers_layer() -> None:
@@ -78,24 +96,31 @@ _WEIGHT_REASONS: dict = {}
 
 
 @torch.compiler.disable
-def _ask_backend(weight: torch.Tensor) -> str | None:
-    if weight.device.type not in ("cpu", "cuda"):
-        return f"device {weight.device} (the op runs on CUDA and CPU)"
-    return mlp_down_residual_unsupported_reason(weight)
+def _ask_backend(fusion: str, weights: dict[str, torch.Tensor]) -> str | None:
+    for weight in weights.values():
+        if weight.device.type not in ("cpu", "cuda"):
+            return f"device {weight.device} (the ops run on CUDA and CPU)"
+    if fusion == "mlp_block":
+        return mlp_block_residual_unsupported_reason(weights["dense_h_to_4h"], weights["dense_4h_to_h"])
+    return mlp_down_residual_unsupported_reason(weights["dense_4h_to_h"])
 
 
-def _weight_reason(weight: torch.Tensor) -> str | None:
-    if weight.device.type == "meta":
-        return "weights not materialized (meta device: offloaded or not loaded)"
-    if type(weight) not in (torch.nn.Parameter, torch.Tensor):
-        return f"dense_4h_to_h's weight is a {type(weight).__name__} (quantized or wrapped)"
+def _weight_reason(fusion: str, weights: dict[str, torch.Tensor]) -> str | None:
+    """Why `fusion`'s op rejects these weights (by the name of their module), or None."""
+    for name, weight in weights.items():
+        if weight.device.type == "meta":
+            return "weights not materialized (meta device: offloaded or not loaded)"
+        if type(weight) not in (torch.nn.Parameter, torch.Tensor):
+            return f"{name}'s weight is a {type(weight).__name__} (quantized or wrapped)"
     # Under torch.compile the storage offset is not traceable; parameters start
     # their storage, and the eager calls and patch_model fill the cache.
-    offset = 0 if torch.compiler.is_compiling() else weight.storage_offset()
-    key = (weight.device, weight.dtype, tuple(weight.shape), weight.stride(), offset)
+    key = (fusion,) + tuple(
+        (w.device, w.dtype, tuple(w.shape), w.stride(), 0 if torch.compiler.is_compiling() else w.storage_offset())
+        for w in weights.values()
+    )
     reason = _WEIGHT_REASONS.get(key, _MISSING)
     if reason is _MISSING:
-        reason = _WEIGHT_REASONS[key] = _ask_backend(weight)
+        reason = _WEIGHT_REASONS[key] = _ask_backend(fusion, weights)
     return reason
 
 
@@ -116,8 +141,8 @@ def _module_reason(name: str, module: torch.nn.Module, expected: type) -> str | 
     return None
 
 
-def _structural_reason(layer: GPTNeoXLayer) -> str | None:
-    """Why the op cannot serve `layer` as it is now, whatever the call; None if it can."""
+def _shared_reason(layer: GPTNeoXLayer) -> str | None:
+    """Why no fusion can serve `layer` as it is now, whatever the call; None if one may."""
     if not layer.use_parallel_residual:
         return "no parallel residual (use_parallel_residual=False)"
     if hasattr(layer, "_hf_hook"):
@@ -135,7 +160,53 @@ def _structural_reason(layer: GPTNeoXLayer) -> str | None:
         reason = _module_reason(name, module, expected)
         if reason is not None:
             return reason
-    return _weight_reason(mlp.dense_4h_to_h.weight)
+    return None
+
+
+def _block_reason(layer: GPTNeoXLayer) -> str | None:
+    """Why the MLP block op cannot serve `layer` beyond what _shared_reason says; None if it can."""
+    mlp, norm = layer.mlp, layer.post_attention_layernorm
+    for name, module, expected in (
+        ("post_attention_layernorm", norm, torch.nn.LayerNorm),
+        ("dense_h_to_4h", mlp.dense_h_to_4h, torch.nn.Linear),
+        ("act", mlp.act, GELUActivation),
+    ):
+        reason = _module_reason(name, module, expected)
+        if reason is not None:
+            return reason
+    if mlp.act.act is not torch.nn.functional.gelu:
+        return "the activation is not the exact GELU (hidden_act=\"gelu\")"
+    if norm.weight is None or tuple(norm.normalized_shape) != (mlp.dense_h_to_4h.in_features,):
+        return "post_attention_layernorm is not an affine LayerNorm over the hidden size"
+    return _weight_reason(
+        "mlp_block",
+        {"post_attention_layernorm": norm.weight, "dense_h_to_4h": mlp.dense_h_to_4h.weight,
+         "dense_4h_to_h": mlp.dense_4h_to_h.weight},
+    )
+
+
+def _down_reason(layer: GPTNeoXLayer) -> str | None:
+    """Why the MLP-down op cannot serve `layer` beyond what _shared_reason says; None if it can."""
+    return _weight_reason("mlp_down", {"dense_4h_to_h": layer.mlp.dense_4h_to_h.weight})
+
+
+_FUSION_REASONS = {"mlp_block": _block_reason, "mlp_down": _down_reason}
+_FUSION_OPS = {"mlp_block": "the MLP block op", "mlp_down": "the MLP-down op"}
+
+
+def _choose_fusion(layer: GPTNeoXLayer, fusions: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """The first of `fusions` that can serve `layer` as it is now (None: none can),
+    and why each fusion before it cannot."""
+    shared = _shared_reason(layer)
+    if shared is not None:
+        return None, [shared]
+    reasons = []
+    for fusion in fusions:
+        reason = _FUSION_REASONS[fusion](layer)
+        if reason is None:
+            return fusion, reasons
+        reasons.append(reason)
+    return None, reasons
 
 
 def _autograd_or_training(layer: GPTNeoXLayer, hidden_states: torch.Tensor) -> bool:
@@ -144,18 +215,24 @@ def _autograd_or_training(layer: GPTNeoXLayer, hidden_states: torch.Tensor) -> b
         return True
     if not torch.is_grad_enabled():
         return False
-    down = layer.mlp.dense_4h_to_h
-    return hidden_states.requires_grad or down.weight.requires_grad or (down.bias is not None and down.bias.requires_grad)
+    mlp, norm = layer.mlp, layer.post_attention_layernorm
+    params = (norm.weight, norm.bias, mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias, mlp.dense_4h_to_h.weight,
+              mlp.dense_4h_to_h.bias)
+    return hidden_states.requires_grad or any(p is not None and p.requires_grad for p in params)
 
 
 _WARNED: set = set()
 
 
 @torch.compiler.disable
-def _warn_once(reason: str) -> None:
-    if reason not in _WARNED:
-        _WARNED.add(reason)
-        warnings.warn(f"clusterfusion.hf: a patched layer runs HuggingFace's forward: {reason}", stacklevel=3)
+def _warn_once(reason: str, runs: str) -> None:
+    if (reason, runs) not in _WARNED:
+        _WARNED.add((reason, runs))
+        warnings.warn(f"clusterfusion.hf: a patched layer runs {runs}: {reason}", stacklevel=3)
+
+
+def _runs(fusion: str | None) -> str:
+    return "HuggingFace's forward" if fusion is None else _FUSION_OPS[fusion]
 
 
 # ---- the patched forward ----------------------------------------------------------
@@ -176,16 +253,16 @@ def _patched_forward(
     position_embeddings=None,
     **kwargs,
 ):
-    """GPTNeoXLayer.forward (parallel residual) with the MLP down projection, its
-    bias and both residual adds done by one clusterfusion op, when the op can
-    compute what HuggingFace would; HuggingFace's forward otherwise."""
-    fallback = _autograd_or_training(layer, hidden_states)
-    if not fallback:
-        reason = _structural_reason(layer)
-        if reason is not None:
-            _warn_once(reason)
-            fallback = True
-    if fallback:
+    """GPTNeoXLayer.forward (parallel residual) with the MLP branch, or its down
+    projection, bias and residual adds, done by one clusterfusion op: the most
+    fused of the layer's fusions that computes what HuggingFace would;
+    HuggingFace's forward when none does."""
+    fusion = None
+    if not _autograd_or_training(layer, hidden_states):
+        fusion, reasons = _choose_fusion(layer, layer.__dict__.get(_LAYER_FUSIONS, FUSIONS))
+        for reason in dict.fromkeys(reasons):
+            _warn_once(reason, _runs(fusion))
+    if fusion is None:
         return _huggingface_forward(layer)(
             hidden_states, attention_mask, position_ids, use_cache, layer_past, position_embeddings, **kwargs
         )
@@ -198,9 +275,13 @@ def _patched_forward(
         position_embeddings=position_embeddings,
         **kwargs,
     )
-    mlp = layer.mlp
-    intermediate = mlp.act(mlp.dense_h_to_4h(layer.post_attention_layernorm(hidden_states)))
-    down = mlp.dense_4h_to_h
+    mlp, norm = layer.mlp, layer.post_attention_layernorm
+    up, down = mlp.dense_h_to_4h, mlp.dense_4h_to_h
+    if fusion == "mlp_block":
+        return mlp_block_residual(
+            hidden_states, attn_output, norm.weight, norm.bias, up.weight, up.bias, down.weight, down.bias, norm.eps
+        )
+    intermediate = mlp.act(up(norm(hidden_states)))
     return mlp_down_residual(hidden_states, attn_output, intermediate, down.weight, down.bias)
 
 
@@ -225,44 +306,65 @@ def is_patched(layer: torch.nn.Module) -> bool:
     return _PREVIOUS_FORWARD in layer.__dict__
 
 
-def patch_model(model: torch.nn.Module) -> list[int]:
-    """Routes each GPT-NeoX decoder layer's MLP down projection, bias and parallel
-    residual through :func:`clusterfusion.mlp_down_residual` whenever the op can
-    compute what HuggingFace would (see the module's documentation).
+class PatchReport(list):
+    """What :func:`patch_model` did: the indices of the layers a fusion serves as
+    the model is now (in eval mode), as a list, and in :attr:`by_fusion` which
+    fusion serves which of them (a key per requested fusion)."""
+
+    def __init__(self, by_fusion: dict[str, list[int]]):
+        super().__init__(sorted(i for indices in by_fusion.values() for i in indices))
+        #: fusion name -> indices of the layers it serves
+        self.by_fusion = by_fusion
+
+
+def patch_model(model: torch.nn.Module, fusions="auto") -> PatchReport:
+    """Routes each GPT-NeoX decoder layer's MLP branch through the most fused of
+    ``fusions`` that computes what HuggingFace would (see the module's documentation).
 
     Patches layer instances (not the class), so other models are unaffected, and
     keeps any forward another library installed on a layer (accelerate's, say),
     which :func:`unpatch_model` restores. Every layer with a parallel residual is
-    patched; one warning line per reason names the layers the op cannot serve
-    as the model is now (they run HuggingFace's code until that changes).
-    Training mode is decided per call and is not reported. Patching twice is
-    harmless.
+    patched; one warning line per reason names the layers a requested fusion
+    cannot serve as the model is now, and what runs them instead (a lesser
+    fusion, or HuggingFace's code until that changes). Training mode is decided
+    per call and is not reported. Patching again is harmless and takes the new
+    ``fusions``.
+
+    Args:
+        model: a ``GPTNeoXForCausalLM`` or ``GPTNeoXModel``.
+        fusions: ``"auto"`` (every fusion, most fused first) or a name or
+            selection of :data:`FUSIONS` (``"mlp_block"``, ``"mlp_down"``).
 
     Returns:
-        The indices of the layers the op serves as the model is now (in eval mode).
+        A :class:`PatchReport`: the served layers' indices, and which fusion serves each.
 
     Raises:
         TypeError: ``model`` holds no GPTNeoXLayer.
+        ValueError: ``fusions`` names no known fusion.
         RuntimeError: the installed transformers changed GPTNeoXLayer.forward.
     """
+    chosen = parse_fusions(fusions, "clusterfusion.hf.patch_model")
+    if not chosen:
+        raise ValueError("clusterfusion.hf.patch_model: argument 'fusions' must name at least one fusion; got None")
     _check_transformers_layer()
-    served, skipped = [], {}
+    by_fusion: dict[str, list[int]] = {f: [] for f in chosen}
+    skipped: dict[tuple[str, str], list[int]] = {}
     for index, layer in enumerate(_layers(model)):
         if layer.use_parallel_residual and not is_patched(layer):
             layer.__dict__[_PREVIOUS_FORWARD] = layer.__dict__.get("forward")
             layer.forward = functools.partial(_patched_forward, layer)
-        reason = _structural_reason(layer)
-        if reason is None:
-            served.append(index)
-        else:
-            skipped.setdefault(reason, []).append(index)
+        layer.__dict__[_LAYER_FUSIONS] = chosen
+        fusion, reasons = _choose_fusion(layer, chosen)
+        if fusion is not None:
+            by_fusion[fusion].append(index)
+        for reason in dict.fromkeys(reasons):  # fusions may fail for the same reason
+            skipped.setdefault((reason, _runs(fusion)), []).append(index)
     _WARNED.update(skipped)  # said here; the forward need not say it again
-    for reason, indices in skipped.items():
+    for (reason, runs), indices in skipped.items():
         warnings.warn(
-            f"clusterfusion.hf: left {len(indices)} layer(s) {_ranges(indices)} to HuggingFace: {reason}",
-            stacklevel=2,
+            f"clusterfusion.hf: {len(indices)} layer(s) {_ranges(indices)} run {runs}: {reason}", stacklevel=2
         )
-    return served
+    return PatchReport(by_fusion)
 
 
 def unpatch_model(model: torch.nn.Module) -> int:
@@ -278,6 +380,7 @@ def unpatch_model(model: torch.nn.Module) -> int:
         if not is_patched(layer):
             continue
         previous = layer.__dict__.pop(_PREVIOUS_FORWARD)
+        layer.__dict__.pop(_LAYER_FUSIONS, None)
         if _is_patched_forward(layer.__dict__.get("forward")):
             if previous is None:
                 del layer.forward
@@ -290,9 +393,9 @@ def unpatch_model(model: torch.nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def patched(model: torch.nn.Module):
-    """Context manager: :func:`patch_model` on entry, :func:`unpatch_model` on exit."""
-    served = patch_model(model)
+def patched(model: torch.nn.Module, fusions="auto"):
+    """Context manager: :func:`patch_model` on entry (yields its report), :func:`unpatch_model` on exit."""
+    served = patch_model(model, fusions)
     try:
         yield served
     finally:

@@ -14,6 +14,10 @@ from . import _C
 from ._tuning import current_tuning
 
 __all__ = [
+    "mlp_block_residual",
+    "mlp_block_residual_plan",
+    "mlp_block_residual_unsupported_reason",
+    "MlpBlockPlan",
     "mlp_down_residual",
     "mlp_down_residual_plan",
     "mlp_down_residual_unsupported_reason",
@@ -150,6 +154,103 @@ def mlp_down_residual_unsupported_reason(weight: torch.Tensor) -> str | None:
     return torch.ops.clusterfusion.mlp_down_residual_unsupported_reason(weight) or None
 
 
+def mlp_block_residual(
+    hidden_states: torch.Tensor,
+    attn_output: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor | None,
+    up_weight: torch.Tensor,
+    up_bias: torch.Tensor | None,
+    down_weight: torch.Tensor,
+    down_bias: torch.Tensor | None,
+    eps: float = 1e-5,
+    *,
+    plan: str | None = None,
+    pdl: bool | None = None,
+) -> torch.Tensor:
+    """GPT-NeoX's whole parallel-residual MLP branch in one op.
+
+    Computes ``hidden_states + attn_output + down(gelu(up(layer_norm(hidden_states))))``
+    with HuggingFace's ``post_attention_layernorm`` (``ln_weight``, ``ln_bias``,
+    ``eps``), ``dense_h_to_4h`` (``up_weight``, ``up_bias``), the exact (erf) GELU
+    of ``hidden_act="gelu"`` and ``dense_4h_to_h`` (``down_weight``, ``down_bias``).
+    LayerNorm statistics and every accumulation are fp32; the normalized input and
+    the GELU output are rounded to the input dtype (as HuggingFace's layers store
+    them), the result once.
+
+    Args:
+        hidden_states: ``[..., hidden]``, the layer's input.
+        attn_output: same shape, the attention branch's output.
+        ln_weight, ln_bias: ``[hidden]`` (``ln_bias`` may be ``None``).
+        up_weight: ``[ffn, hidden]`` as HuggingFace stores it; ``up_bias``: ``[ffn]`` or ``None``.
+        down_weight: ``[hidden, ffn]`` as HuggingFace stores it; ``down_bias``: ``[hidden]`` or ``None``.
+        eps: the LayerNorm's epsilon.
+        plan: ``"auto"`` or ``"UP;DOWN"``, each ``"auto"`` or ``"BLOCK_N:CLUSTER[:STAGES]"``
+            (see :class:`clusterfusion.Tuning`); ``None`` takes the enclosing
+            :func:`clusterfusion.tuning` block's ``block_plan``.
+        pdl: programmatic dependent launch; ``None`` takes the enclosing setting.
+
+    Returns:
+        A new tensor shaped like ``hidden_states``.
+
+    Supported inputs:
+        * CUDA, compute capability 9.0 or 12.0, fp16 or bf16. ``hidden`` and
+          ``ffn`` multiples of 8, weights unit-stride along their last dimension
+          with 16-byte aligned rows. Up to ``MAX_FUSED_ROWS`` rows run in two
+          chained kernels (LayerNorm + up + GELU, then down + residuals), each
+          weight streamed once for all rows; more rows run as the ATen composite.
+        * CPU, fp32, fp64, fp16 or bf16: the ATen composite (fp16/bf16 in fp32).
+
+    Gradients flow to every tensor argument: with a gradient needed the op runs
+    as the ATen composite, on every backend.
+
+    Raises:
+        ValueError: shapes that do not match (between the three matrices, the
+            LayerNorm vectors and the activations), mixed devices, a weight layout
+            the kernels cannot stream, a negative ``eps`` or a malformed ``plan``.
+        TypeError: mixed or unsupported dtypes.
+        RuntimeError: a GPU this build has no code for, or a pinned plan that does not fit it.
+    """
+    tuning = current_tuning()
+    return torch.ops.clusterfusion.mlp_block_residual(
+        hidden_states, attn_output, ln_weight, ln_bias, up_weight, up_bias, down_weight, down_bias, eps,
+        plan=tuning.block_plan if plan is None else plan, pdl=tuning.pdl if pdl is None else pdl,
+    )
+
+
+class MlpBlockPlan(NamedTuple):
+    """The two launch plans of :func:`mlp_block_residual`: the up projection
+    (LayerNorm + up + GELU; its ``chunks_per_cta`` chunks of the normalized input
+    stay in shared memory) and the down projection (as :class:`MlpDownPlan`).
+    Both leave room on every SM for a CTA of the other kernel."""
+
+    up: MlpDownPlan
+    down: MlpDownPlan
+
+
+def mlp_block_residual_plan(
+    up_weight: torch.Tensor, down_weight: torch.Tensor, m: int = 1, *, plan: str | None = None
+) -> MlpBlockPlan:
+    """The launch plans :func:`mlp_block_residual` uses for these weights and ``m`` tokens.
+
+    Raises:
+        ValueError: CPU weights, ``m`` out of range, weights the kernels cannot
+            stream or a malformed ``plan``.
+        RuntimeError: as :func:`mlp_block_residual`.
+    """
+    if plan is None:
+        plan = current_tuning().block_plan
+    fields = torch.ops.clusterfusion.mlp_block_residual_plan(up_weight, down_weight, m, plan=plan)
+    half = len(MlpDownPlan._fields)
+    return MlpBlockPlan(MlpDownPlan(*fields[:half]), MlpDownPlan(*fields[half:]))
+
+
+def mlp_block_residual_unsupported_reason(up_weight: torch.Tensor, down_weight: torch.Tensor) -> str | None:
+    """Why :func:`mlp_block_residual` would reject these weights on their device,
+    or ``None`` (as :func:`mlp_down_residual_unsupported_reason`)."""
+    return torch.ops.clusterfusion.mlp_block_residual_unsupported_reason(up_weight, down_weight) or None
+
+
 def pythia_2b8_mlp_only(
     hidden_states: torch.Tensor,
     attn_output: torch.Tensor,
@@ -214,5 +315,31 @@ def _mlp_down_residual_fake(hidden_states, attn_output, mlp_intermediate, weight
     torch._check(
         mlp_intermediate.shape[-1] == weight.shape[1],
         lambda: f"mlp_intermediate must be [..., {weight.shape[1]}]; got {tuple(mlp_intermediate.shape)}",
+    )
+    return torch.empty_like(hidden_states, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("clusterfusion::mlp_block_residual")
+def _mlp_block_residual_fake(hidden_states, attn_output, ln_weight, ln_bias, up_weight, up_bias, down_weight,
+                             down_bias, eps=1e-5, *, plan="auto", pdl=True):
+    op = "clusterfusion.mlp_block_residual"
+    for name, t in (("hidden_states", hidden_states), ("attn_output", attn_output), ("ln_weight", ln_weight),
+                    ("ln_bias", ln_bias), ("up_bias", up_bias), ("down_weight", down_weight),
+                    ("down_bias", down_bias)):
+        if t is not None and t.device != up_weight.device:
+            raise ValueError(f"{op}: argument '{name}' is on {t.device}; expected {up_weight.device} like 'up_weight'")
+    torch._check(up_weight.dim() == 2, lambda: f"up_weight must be 2-D [ffn, hidden]; got {tuple(up_weight.shape)}")
+    ffn, hidden = up_weight.shape
+    torch._check(
+        tuple(down_weight.shape) == (hidden, ffn),
+        lambda: f"down_weight must be [{hidden}, {ffn}]; got {tuple(down_weight.shape)}",
+    )
+    torch._check(
+        hidden_states.shape[-1] == hidden,
+        lambda: f"hidden_states must be [..., {hidden}]; got {tuple(hidden_states.shape)}",
+    )
+    torch._check(
+        attn_output.shape == hidden_states.shape,
+        lambda: f"attn_output must match hidden_states {tuple(hidden_states.shape)}; got {tuple(attn_output.shape)}",
     )
     return torch.empty_like(hidden_states, memory_format=torch.contiguous_format)

@@ -3,7 +3,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include "ops/mlp_down_residual/config.h"
+#include "gemv/config.h"
 #include "ops/mlp_down_residual/seed.h"
 
 TORCH_LIBRARY(clusterfusion, m) {
@@ -17,6 +17,15 @@ TORCH_LIBRARY(clusterfusion, m) {
   m.def("mlp_down_residual_unsupported_reason(Tensor weight) -> str");
   // The launch plan the op uses for `m` tokens (see clusterfusion.mlp_down_residual_plan).
   m.def("mlp_down_residual_plan(Tensor weight, int m, *, str plan=\"auto\") -> int[]");
+  // ops/mlp_block_residual: hidden_states + attn_output + down(gelu(up(layer_norm(hidden_states)))),
+  // GPT-NeoX's parallel-residual MLP branch. `plan` pins both launch plans
+  // ("auto" or "UP;DOWN", each "auto" or "BLOCK_N:CLUSTER[:STAGES]").
+  m.def(
+      "mlp_block_residual(Tensor hidden_states, Tensor attn_output, Tensor ln_weight, Tensor? ln_bias, "
+      "Tensor up_weight, Tensor? up_bias, Tensor down_weight, Tensor? down_bias, float eps=1e-05, *, "
+      "str plan=\"auto\", bool pdl=True) -> Tensor");
+  m.def("mlp_block_residual_unsupported_reason(Tensor up_weight, Tensor down_weight) -> str");
+  m.def("mlp_block_residual_plan(Tensor up_weight, Tensor down_weight, int m, *, str plan=\"auto\") -> int[]");
   // The original project's entry points (composite).
   m.def(
       "pythia_2b8_mlp_only(Tensor hidden_states, Tensor attn_output, Tensor mlp_intermediate, "
@@ -33,6 +42,7 @@ TORCH_LIBRARY(clusterfusion, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
   using namespace clusterfusion::mlp_down;
+  using clusterfusion::gemv::Tile;
   m.doc() = "clusterfusion CUDA/C++ extension (ops are registered under torch.ops.clusterfusion)";
   m.attr("MLP_DOWN_MAX_FUSED_M") = Tile::kMaxM;
   m.def("pythia_2b8_mlp_only", &pythia_2b8_mlp_only, py::arg("hidden_states"), py::arg("attn_output"),

@@ -47,6 +47,39 @@ def test_patched_logits_match_huggingface_on_cpu(cache_kind):
     unpatch_model(model)
 
 
+@pytest.mark.parametrize("fusions, served_by", [("auto", "mlp_block"), ("mlp_block", "mlp_block"),
+                                                (("mlp_down",), "mlp_down"), (["mlp_down", "mlp_block"], "mlp_block")])
+@torch.no_grad()
+def test_fusions_choose_the_op_and_the_report_says_which(fusions, served_by):
+    model = _model()
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(3))
+    ref = model(ids).logits
+    report = patch_model(model, fusions=fusions)
+    assert report == [0, 1, 2] and report.by_fusion[served_by] == [0, 1, 2]
+    assert sum(map(len, report.by_fusion.values())) == 3
+    torch.testing.assert_close(model(ids).logits, ref, rtol=1e-5, atol=1e-5)
+    unpatch_model(model)
+
+
+@torch.no_grad()
+def test_another_activation_leaves_the_layer_to_the_down_op():
+    model = _model(hidden_act="gelu_new")
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(4))
+    ref = model(ids).logits
+    with pytest.warns(UserWarning, match=r"3 layer\(s\) 0-2 run the MLP-down op: act is a transformers"):
+        report = patch_model(model)
+    assert report.by_fusion == {"mlp_block": [], "mlp_down": [0, 1, 2]}
+    torch.testing.assert_close(model(ids).logits, ref, rtol=1e-5, atol=1e-5)
+    with pytest.warns(UserWarning, match=r"run HuggingFace's forward: act is a transformers"):
+        assert patch_model(model, fusions="mlp_block") == []
+
+
+@pytest.mark.parametrize("fusions", [None, (), "mlp_up", ("mlp_block", "attention"), 3])
+def test_bad_fusions(fusions):
+    with pytest.raises(ValueError, match="argument 'fusions' must"):
+        patch_model(_model(), fusions=fusions)
+
+
 @torch.no_grad()
 def test_patched_generate_matches_on_cpu():
     model = _model()
@@ -73,7 +106,7 @@ def test_unpatch_restores_huggingface_forward():
 
 def test_layers_without_parallel_residual_are_left_alone():
     model = _model(use_parallel_residual=False)
-    with pytest.warns(UserWarning, match=r"left 3 layer\(s\) 0-2 to HuggingFace: no parallel residual"):
+    with pytest.warns(UserWarning, match=r"3 layer\(s\) 0-2 run HuggingFace's forward: no parallel residual"):
         assert patch_model(model) == []
     assert not any(is_patched(layer) for layer in model.gpt_neox.layers)
 
@@ -120,27 +153,29 @@ def test_misaligned_down_weight_is_left_alone():
     shifted = storage[1:].view_as(down.weight)  # starts 2 bytes past a 16-byte boundary
     shifted.copy_(down.weight)
     down.weight = torch.nn.Parameter(shifted, requires_grad=False)
-    with pytest.warns(UserWarning, match=r"left 1 layer\(s\) 1 to HuggingFace: .*'weight' must start at a 16-byte aligned address"):
+    with pytest.warns(UserWarning, match=r"1 layer\(s\) 1 run HuggingFace's forward: .*'weight' must start at a 16-byte aligned address"):
         assert patch_model(model) == [0, 2]
 
 
 @gpu
+@pytest.mark.parametrize("fusions", ["mlp_block", "mlp_down"])
 @torch.no_grad()
-def test_pythia_2b8_fp16_patched_matches_huggingface():
+def test_pythia_2b8_fp16_patched_matches_huggingface(fusions):
     model = _model("cuda", torch.float16, **PYTHIA_2B8)
     ids = torch.randint(0, 50304, (1, 12), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
     for cache_kind in ["dynamic", "static"]:
         ref, _ = _decode_logits(model, ids, 6, _cache(cache_kind, model, 32))
-        with patched(model) as served:
-            assert served == list(range(32))
+        with patched(model, fusions) as served:
+            assert served.by_fusion[fusions] == list(range(32))
             got, _ = _decode_logits(model, ids, 6, _cache(cache_kind, model, 32))
         assert rel_err(got, ref.double()) < 1e-2
         assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.85
 
 
 @gpu
+@pytest.mark.parametrize("fusions", ["mlp_block", "mlp_down"])
 @torch.no_grad()
-def test_cuda_graph_decoding_with_patch_matches_unpatched_huggingface():
+def test_cuda_graph_decoding_with_patch_matches_unpatched_huggingface(fusions):
     model = _model("cuda", torch.float16, **{**PYTHIA_2B8, "num_hidden_layers": 4})
     prompt = torch.randint(0, 50304, (1, 8), device="cuda", generator=torch.Generator("cuda").manual_seed(4))
     steps = 6
@@ -155,8 +190,8 @@ def test_cuda_graph_decoding_with_patch_matches_unpatched_huggingface():
         tokens.append(logits.argmax(-1, keepdim=True))
 
     # Patched, one decode step captured in a CUDA graph, fed the same tokens.
-    with patched(model) as served:
-        assert served == [0, 1, 2, 3]
+    with patched(model, fusions) as served:
+        assert served.by_fusion[fusions] == [0, 1, 2, 3]
         assert all(is_patched(layer) for layer in model.gpt_neox.layers)
         cache = StaticCache(config=model.config, max_cache_len=32)
         model(prompt, past_key_values=cache, use_cache=True)

@@ -33,15 +33,18 @@ def _logits(model, ids):
 
 @pytest.fixture
 def op_calls(monkeypatch):
-    """Counts the patched forward's calls of the op."""
+    """The patched forward's calls of the ops, by name ("mlp_block" or "mlp_down")."""
     calls = []
-    real = cf_hf.mlp_down_residual
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def counting(name, real):
+        def op(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(cf_hf, "mlp_down_residual", counting)
+        return op
+
+    monkeypatch.setattr(cf_hf, "mlp_block_residual", counting("mlp_block", cf_hf.mlp_block_residual))
+    monkeypatch.setattr(cf_hf, "mlp_down_residual", counting("mlp_down", cf_hf.mlp_down_residual))
     return calls
 
 
@@ -73,7 +76,7 @@ def test_lora_on_the_down_projection_is_honoured(order, op_calls):
     else:
         model = _lora(model, "dense_4h_to_h")
         expected = _logits(model, ids)
-        with pytest.warns(UserWarning, match=r"left 3 layer\(s\) 0-2 to HuggingFace: LoRA adapter on dense_4h_to_h"):
+        with pytest.warns(UserWarning, match=r"3 layer\(s\) 0-2 run HuggingFace's forward: LoRA adapter on dense_4h_to_h"):
             assert patch_model(model) == []
         got = _logits(model, ids)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -125,6 +128,23 @@ def test_hooks_added_after_patching_fire_as_unpatched(where, kind, op_calls):
     assert len(op_calls) == 3  # hooks gone: the op serves again
 
 
+@pytest.mark.parametrize("where", ["post_attention_layernorm", "dense_h_to_4h", "act"])
+def test_hooks_on_what_only_the_block_bypasses_leave_the_layer_to_the_down_op(where, op_calls):
+    ids = _ids()
+    model = _model()
+    fired = []
+    for layer in model.gpt_neox.layers:
+        module = getattr(layer, where, None) or getattr(layer.mlp, where)
+        module.register_forward_hook(lambda m, a, o: fired.append(1) or o * 2)
+    with pytest.warns(UserWarning, match=f"3 layer\\(s\\) 0-2 run the MLP-down op: hooks on {where}"):
+        report = patch_model(model)
+    assert report == [0, 1, 2] and report.by_fusion == {"mlp_block": [], "mlp_down": [0, 1, 2]}
+    got = _logits(model, ids)
+    assert op_calls == ["mlp_down"] * 3 and len(fired) == 3
+    unpatch_model(model)
+    torch.testing.assert_close(got, _logits(model, ids), rtol=1e-5, atol=1e-5)
+
+
 def test_global_module_hooks_fall_back(op_calls):
     model = _model()
     patch_model(model)
@@ -155,7 +175,7 @@ def test_accelerate_cpu_offload_matches_huggingface(order, op_calls):
     else:
         accelerate.cpu_offload(model, execution_device=torch.device("cpu"))
         wrappers = [layer.__dict__.get("forward") for layer in model.gpt_neox.layers]
-        with pytest.warns(UserWarning, match=r"left 3 layer\(s\) 0-2 to HuggingFace: accelerate hook"):
+        with pytest.warns(UserWarning, match=r"3 layer\(s\) 0-2 run HuggingFace's forward: accelerate hook"):
             assert patch_model(model) == []
         got = _logits(model, ids)
         assert unpatch_model(model) == 3
@@ -205,7 +225,7 @@ def test_unpatch_restores_another_forward():
 def test_meta_weights_fall_back_with_a_named_reason():
     model = _model()
     model.gpt_neox.layers[2].mlp.dense_4h_to_h.to("meta")
-    with pytest.warns(UserWarning, match=r"left 1 layer\(s\) 2 to HuggingFace: weights not materialized"):
+    with pytest.warns(UserWarning, match=r"1 layer\(s\) 2 run HuggingFace's forward: weights not materialized"):
         assert patch_model(model) == [0, 1]
 
 

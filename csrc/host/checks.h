@@ -51,6 +51,18 @@ inline void check_like(const char* op, const NamedTensor& like, std::initializer
   }
 }
 
+// The parallel residual's two operands: hidden_states [..., hidden] and
+// attn_output of the same shape. `hidden_is` says where hidden comes from.
+inline void check_residuals(const char* op, const at::Tensor& hidden_states, const at::Tensor& attn_output,
+                            int64_t hidden, const char* hidden_is) {
+  TORCH_CHECK_VALUE(hidden_states.dim() >= 1 && hidden_states.size(-1) == hidden, op,
+                    ": argument 'hidden_states' must have shape [..., ", hidden, "] (hidden = ", hidden_is,
+                    "); got shape ", hidden_states.sizes());
+  TORCH_CHECK_VALUE(attn_output.sizes() == hidden_states.sizes(), op,
+                    ": argument 'attn_output' must have the shape of hidden_states ", hidden_states.sizes(),
+                    "; got shape ", attn_output.sizes());
+}
+
 // A 2-D operand the Tensor Memory Accelerator streams as stored: unit stride
 // along its last dimension, rows that start on 16-byte boundaries.
 inline void check_tma_streamable(const char* op, const char* arg, const at::Tensor& t,

@@ -1,6 +1,6 @@
-// Host side of launching a thread-block-cluster kernel with the CUDA runtime:
-// the cluster shape, optional programmatic stream serialization (see pdl.cuh),
-// and the residency query the planners use. No torch headers.
+// Host side of launching kernels with the CUDA runtime: the cluster shape,
+// optional programmatic stream serialization (see pdl.cuh), and the residency
+// query the planners use. No torch headers.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -28,11 +28,17 @@ inline cudaLaunchAttribute cluster_dimension(int cluster_size) {
   return attr;
 }
 
+// Lets the kernel start before the previous kernel in the stream finishes (see pdl.cuh).
+inline cudaLaunchAttribute programmatic_serialization() {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  return attr;
+}
+
 template <typename... Params, typename... Args>
 cudaError_t launch_cluster_kernel(const ClusterLaunch& l, void (*kernel)(Params...), Args&&... args) {
-  cudaLaunchAttribute attrs[2] = {cluster_dimension(l.cluster_size), {}};
-  attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attrs[1].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attrs[2] = {cluster_dimension(l.cluster_size), programmatic_serialization()};
   cudaLaunchConfig_t config{};
   config.gridDim = l.grid;
   config.blockDim = l.block;
@@ -41,6 +47,26 @@ cudaError_t launch_cluster_kernel(const ClusterLaunch& l, void (*kernel)(Params.
   config.attrs = attrs;
   config.numAttrs = l.programmatic ? 2 : 1;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+// A launch without clusters or dynamic shared memory; `programmatic` as in ClusterLaunch.
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(dim3 grid, dim3 block, bool programmatic, cudaStream_t stream, void (*kernel)(Params...),
+                          Args&&... args) {
+  cudaLaunchAttribute attr = programmatic_serialization();
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.stream = stream;
+  config.attrs = &attr;
+  config.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+// Lets `kernel` use `smem_bytes` of dynamic shared memory.
+template <typename... Params>
+cudaError_t configure_dynamic_smem(void (*kernel)(Params...), size_t smem_bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes));
 }
 
 // How many clusters of `cluster_size` CTAs of `kernel` fit on the current device at once.

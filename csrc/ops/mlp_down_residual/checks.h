@@ -29,12 +29,7 @@ inline Shape check_args(const at::Tensor& hidden_states, const at::Tensor& attn_
   const int64_t n = weight.size(0);
   const int64_t k = weight.size(1);
   TORCH_CHECK_VALUE(n > 0 && k > 0, kOp, ": argument 'weight' must be non-empty; got shape ", weight.sizes());
-  TORCH_CHECK_VALUE(hidden_states.dim() >= 1 && hidden_states.size(-1) == n, kOp,
-                    ": argument 'hidden_states' must have shape [..., ", n,
-                    "] (hidden = weight.shape[0]); got shape ", hidden_states.sizes());
-  TORCH_CHECK_VALUE(attn_output.sizes() == hidden_states.sizes(), kOp,
-                    ": argument 'attn_output' must have the shape of hidden_states ", hidden_states.sizes(),
-                    "; got shape ", attn_output.sizes());
+  check_residuals(kOp, hidden_states, attn_output, n, "weight.shape[0]");
   const int64_t m = hidden_states.numel() / n;
   TORCH_CHECK_VALUE(mlp_intermediate.dim() >= 1 && mlp_intermediate.size(-1) == k &&
                         mlp_intermediate.numel() / k == m,

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "checks.h"
-#include "plan.h"
+#include "gemv/plan.h"
 #include "reference.h"
 
 namespace clusterfusion::mlp_down {
@@ -20,7 +20,7 @@ at::Tensor mlp_down_residual_cpu(const at::Tensor& hidden_states, const at::Tens
                                  const std::optional<at::Tensor>& bias, c10::string_view plan,
                                  bool /*pdl*/) {
   check_args(hidden_states, attn_output, mlp_intermediate, weight, bias);
-  parse_plan(kOp, std::string(plan.data(), plan.size()));
+  gemv::parse_plan(kOp, std::string(plan.data(), plan.size()));
   check_dtype_allowed(kOp, "weight", weight, kCpuDtypes, "CPU");
   return reference(hidden_states, attn_output, mlp_intermediate, weight, bias);
 }

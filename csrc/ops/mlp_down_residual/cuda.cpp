@@ -12,10 +12,11 @@
 
 #include "../../host/device_model.h"
 #include "../../host/dtype.h"
-#include "../../host/tensor_map.h"
+#include "../../host/tensors.h"
 #include "checks.h"
+#include "gemv/operands.h"
 #include "launch.h"
-#include "plan.h"
+#include "run.h"
 #include "reference.h"
 
 namespace clusterfusion::mlp_down {
@@ -30,12 +31,6 @@ void check_weight(const at::Tensor& weight) {
   check_tma_streamable(kOp, "weight", weight, "ffn");
 }
 
-const LaunchPlan& plan_of(const at::Tensor& weight, int64_t m, c10::string_view plan) {
-  const Problem problem{scalar_kind(weight), m_tiles_for(static_cast<int>(m)), weight.size(0), weight.size(1)};
-  return plan_for(kOp, device_model(weight.device().index()), problem,
-                  parse_plan(kOp, std::string(plan.data(), plan.size())));
-}
-
 std::string unsupported_reason_cuda(const at::Tensor& weight) {
   return failure_message([&] {
     TORCH_CHECK_VALUE(weight.dim() == 2, kOp, ": argument 'weight' must be 2-D [hidden, ffn]; got shape ",
@@ -43,7 +38,8 @@ std::string unsupported_reason_cuda(const at::Tensor& weight) {
     check_weight(weight);
     const c10::cuda::CUDAGuard guard(weight.device());
     const DeviceModel& device = device_model(weight.device().index());
-    check_device_supported(kOp, device, configure_kernel(scalar_kind(weight), 1, device.smem_per_block_optin));
+    check_device_supported(kOp, device,
+                           kernel_queries().configure(scalar_kind(weight), 1, device.smem_per_block_optin));
   });
 }
 
@@ -56,9 +52,7 @@ std::vector<int64_t> plan_cuda(const at::Tensor& weight, int64_t m, c10::string_
                     "] (tokens served by the fused kernel); got ", m);
   check_weight(weight);
   const c10::cuda::CUDAGuard guard(weight.device());
-  const LaunchPlan& p = plan_of(weight, m, plan);
-  return {p.block_n, p.cluster_size, p.stages, p.n_tiles, p.chunks_per_cta, p.trigger_chunks_left,
-          p.threads, static_cast<int64_t>(p.smem_bytes), p.resident_clusters};
+  return gemv::plan_fields(plan_of(kOp, weight, m, gemv::parse_plan(kOp, std::string(plan.data(), plan.size()))));
 }
 
 at::Tensor mlp_down_residual_cuda(const at::Tensor& hidden_states, const at::Tensor& attn_output,
@@ -66,7 +60,7 @@ at::Tensor mlp_down_residual_cuda(const at::Tensor& hidden_states, const at::Ten
                                   const std::optional<at::Tensor>& bias, c10::string_view plan, bool pdl) {
   const Shape shape = check_args(hidden_states, attn_output, mlp_intermediate, weight, bias);
   check_weight(weight);
-  const PlanOverride pin = parse_plan(kOp, std::string(plan.data(), plan.size()));
+  const gemv::PlanOverride pin = gemv::parse_plan(kOp, std::string(plan.data(), plan.size()));
   const c10::cuda::CUDAGuard guard(weight.device());
 
   if (shape.m > Tile::kMaxM) return reference(hidden_states, attn_output, mlp_intermediate, weight, bias);
@@ -75,44 +69,35 @@ at::Tensor mlp_down_residual_cuda(const at::Tensor& hidden_states, const at::Ten
 
   const at::Tensor hidden = hidden_states.contiguous();
   const at::Tensor attn = attn_output.contiguous();
-  at::Tensor x = mlp_intermediate.reshape({shape.m, shape.k}).contiguous();
-  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0) x = x.clone();  // TMA needs 16-byte alignment
+  const at::Tensor x = contiguous_aligned(mlp_intermediate.reshape({shape.m, shape.k}));
   const std::optional<at::Tensor> b =
       bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
 
-  const ScalarKind kind = scalar_kind(weight);
-  const int m_tiles = m_tiles_for(static_cast<int>(shape.m));
-  const LaunchPlan& launch_plan =
-      plan_for(kOp, device_model(weight.device().index()), Problem{kind, m_tiles, shape.n, shape.k}, pin);
-
-  const int64_t elem = weight.element_size();
-  const CUtensorMap weight_map = tiled_tensor_map(
-      {weight.data_ptr(), tma_dtype(kind), static_cast<uint64_t>(shape.k), static_cast<uint64_t>(shape.n),
-       static_cast<uint64_t>(weight.stride(0) * elem), Tile::kChunkK,
-       static_cast<uint32_t>(launch_plan.block_n), CU_TENSOR_MAP_SWIZZLE_128B});
-  const CUtensorMap input_map = tiled_tensor_map(
-      {x.data_ptr(), tma_dtype(kind), static_cast<uint64_t>(shape.k), static_cast<uint64_t>(shape.m),
-       static_cast<uint64_t>(shape.k * elem), Tile::kChunkK, static_cast<uint32_t>(m_tiles * Tile::kMPerTile),
-       CU_TENSOR_MAP_SWIZZLE_128B});
-
-  Params params{};
-  params.m = static_cast<int>(shape.m);
-  params.n = static_cast<int>(shape.n);
-  params.k_chunks = static_cast<int>((shape.k + Tile::kChunkK - 1) / Tile::kChunkK);
-  params.chunks_per_cta = launch_plan.chunks_per_cta;
-  params.block_n = launch_plan.block_n;
-  params.stages = launch_plan.stages;
-  params.trigger_chunks_left = launch_plan.trigger_chunks_left;
-  const ResidualArgs residual{hidden.data_ptr(), attn.data_ptr(), b.has_value() ? b->data_ptr() : nullptr,
-                              out.data_ptr()};
-
-  C10_CUDA_CHECK(launch(kind, m_tiles, weight_map, input_map, params, residual, launch_plan, pdl,
-                        at::cuda::getCurrentCUDAStream()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  run_down(kOp, hidden, attn, x, weight, b, out, pin, pdl);
   return out;
 }
 
 }  // namespace
+
+const LaunchPlan& plan_of(const char* op, const at::Tensor& weight, int64_t m, const gemv::PlanOverride& pin) {
+  const gemv::Problem problem{scalar_kind(weight), gemv::m_tiles_for(static_cast<int>(m)), weight.size(0),
+                              weight.size(1)};
+  return gemv::plan_for(op, kernel_queries(), device_model(weight.device().index()), problem, pin);
+}
+
+void run_down(const char* op, const at::Tensor& hidden, const at::Tensor& attn, const at::Tensor& x,
+              const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& out,
+              const gemv::PlanOverride& pin, bool pdl) {
+  const int64_t m = x.size(0);
+  const LaunchPlan& plan = plan_of(op, weight, m, pin);
+  const ResidualArgs residual{hidden.data_ptr(), attn.data_ptr(), bias.has_value() ? bias->data_ptr() : nullptr,
+                              out.data_ptr()};
+  C10_CUDA_CHECK(launch(scalar_kind(weight), gemv::m_tiles_for(static_cast<int>(m)),
+                        gemv::weight_tensor_map(weight, plan), gemv::input_tensor_map(x),
+                        gemv::params_for(m, weight.size(0), weight.size(1), plan), residual, plan, pdl,
+                        at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) {
   m.impl("mlp_down_residual", &mlp_down_residual_cuda);

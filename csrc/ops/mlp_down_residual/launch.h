@@ -5,19 +5,27 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
-#include "config.h"
+#include "gemv/config.h"
+#include "gemv/plan.h"
 
 namespace clusterfusion::mlp_down {
 
-// Lets the instantiation for (kind, m_tiles) use `smem_bytes` of dynamic shared
-// memory on the current device. Fails with cudaErrorNoKernelImageForDevice when
-// the build carries no code for the current GPU.
-cudaError_t configure_kernel(ScalarKind kind, int m_tiles, size_t smem_bytes);
+using gemv::LaunchPlan;
+using gemv::Params;
+using gemv::Tile;
 
-// How many clusters of `cluster_size` CTAs (each `threads` threads and
-// `smem_bytes` shared memory) the current device holds at once.
-cudaError_t max_active_clusters(ScalarKind kind, int m_tiles, int cluster_size, int threads,
-                                size_t smem_bytes, int* clusters);
+// The residual epilogue's operands: row-major [m, n] with row stride n.
+struct ResidualArgs {
+  const void* hidden_states;  // [m, n]
+  const void* attn_output;    // [m, n]
+  const void* bias;           // [n] or nullptr
+  void* out;                  // [m, n]
+};
+
+// The planner's questions about this op's kernel instantiations. Configuring
+// fails with cudaErrorNoKernelImageForDevice when the build carries no code for
+// the current GPU.
+const gemv::KernelQueries& kernel_queries();
 
 // Launches on `stream`. `programmatic` lets the kernel overlap its weight
 // prefetch with the tail of the previous kernel in the stream.

@@ -1,18 +1,18 @@
-// Fused MLP down projection + bias + parallel residual:
-//   out[m, n] = hidden[m, n] + attn[m, n] + bias[n] + sum_k x[m, k] * W[n, k]
+// The split-K GEMV kernel every weight-streaming op is built on:
+//   y[m, n] = sum_k x[m, k] * W[n, k], then the op's epilogue on y.
 //
 // Decoding is memory-bound: W is streamed from device memory once and the
 // kernel is built around keeping that stream saturated.
 //  * grid = (cluster_size, n_tiles). A cluster owns `block_n` outputs (rows of
 //    W); its CTAs split the reduction into contiguous runs of 64-wide chunks.
-//  * Producer (produce_stages; warp 0, one lane): TMA copies of each [block_n x 64] weight tile
-//    and the matching [m x 64] input tile into a StageRing.
+//  * Producer (produce_stages; warp 0, one lane): TMA copies of each [block_n x 64]
+//    weight tile and the matching [m x 64] input tile into a StageRing.
 //  * Mainloop (consume_stages; warps 1..): a SwizzledGemvWarp per 16 outputs on the tensor
 //    cores, fp32 accumulators in registers; each warp releases a stage as soon
 //    as its fragments are in registers.
-//  * Epilogue: a ClusterInbox brings the split-K partials of each output to the
-//    CTA that owns it; the Epilogue type (a template parameter) reads the terms
-//    the owner adds to them while the weights stream, and writes the results.
+//  * Epilogue (a template parameter): a ClusterInbox brings the split-K partials
+//    of each output to the CTA that owns it; the epilogue reads the terms the
+//    owner adds to them while the weights stream, and writes the results.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -28,29 +28,7 @@
 #include "config.h"
 #include "smem_layout.h"
 
-namespace clusterfusion::mlp_down {
-
-// bias + attn + hidden, read while the weights stream; the output written once.
-template <typename T>
-struct ResidualEpilogue {
-  const T* hidden_states;
-  const T* attn_output;
-  const T* bias;  // or nullptr
-  T* out;
-  int n;
-
-  __device__ float terms(int m, int col) const {
-    const size_t at = static_cast<size_t>(m) * n + col;
-    float r = bias != nullptr ? device::to_float(bias[col]) : 0.f;
-    r += device::to_float(attn_output[at]);
-    r += device::to_float(hidden_states[at]);
-    return r;
-  }
-
-  __device__ void store(int m, int col, float value) const {
-    out[static_cast<size_t>(m) * n + col] = device::from_float<T>(value);
-  }
-};
+namespace clusterfusion::gemv {
 
 // The producer: weight tiles of the first stages go out before the grid
 // dependency wait (weights do not depend on earlier kernels), input tiles after it.
@@ -63,6 +41,9 @@ __device__ __forceinline__ void produce_stages(const device::StageRing& ring,
   const uint64_t stream_once = l2_policy_evict_first();
   const uint64_t keep = l2_policy_evict_last();
   auto chunk_k = [&](int i) { return (chunk_begin + i) * Tile::kChunkK; };
+  auto load_input = [&](RingPosition at, int i) {
+    tma_load_2d(ring.stage(at) + weight_tile_bytes, input_map, ring.full_barrier(at), chunk_k(i), 0, keep);
+  };
 
   const int prologue = min(chunk_count, p.stages);
   RingPosition put = ring.start();
@@ -73,15 +54,11 @@ __device__ __forceinline__ void produce_stages(const device::StageRing& ring,
   const DependentLaunchTrigger trigger(chunk_count, p.stages, p.trigger_chunks_left, prologue);
   trigger.wait_for_previous_grid();
   RingPosition early = ring.start();
-  for (int i = 0; i < prologue; ++i, early.advance()) {
-    tma_load_2d(ring.stage(early) + weight_tile_bytes, input_map, ring.full_barrier(early), chunk_k(i),
-                0, keep);
-  }
+  for (int i = 0; i < prologue; ++i, early.advance()) load_input(early, i);
   for (int i = prologue; i < chunk_count; ++i, put.advance()) {
     ring.acquire(put, stage_bytes);
     tma_load_2d(ring.stage(put), weight_map, ring.full_barrier(put), chunk_k(i), n0, stream_once);
-    tma_load_2d(ring.stage(put) + weight_tile_bytes, input_map, ring.full_barrier(put), chunk_k(i), 0,
-                keep);
+    load_input(put, i);
     trigger.chunk_issued(i);
   }
 }
@@ -105,11 +82,13 @@ __device__ __forceinline__ void consume_stages(const device::StageRing& ring, co
   }
 }
 
+// The epilogue has float terms(m, col), read (after the grid dependency wait)
+// while the weights stream, and store(m, col, y + terms).
 template <typename T, int kMTiles, typename Epilogue>
 __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
-    mlp_down_residual_kernel(const __grid_constant__ CUtensorMap weight_map,
-                             const __grid_constant__ CUtensorMap input_map, const Params p,
-                             const Epilogue epilogue) {
+    split_k_gemv_kernel(const __grid_constant__ CUtensorMap weight_map,
+                        const __grid_constant__ CUtensorMap input_map, const Params p,
+                        const Epilogue epilogue) {
   using namespace clusterfusion::device;
   namespace cg = cooperative_groups;
   using Warp = SwizzledGemvWarp<T, kMTiles>;
@@ -123,6 +102,8 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
   const int lane = threadIdx.x % 32;
   const int n0 = blockIdx.y * p.block_n;
 
+  const int chunk_begin = rank * p.chunks_per_cta;
+  const int chunk_count = max(0, min(p.k_chunks - chunk_begin, p.chunks_per_cta));
   const SmemLayout layout(p.block_n, kMTiles, cluster_size, p.stages);
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((Tile::kSmemAlignment - smem_address(smem_raw) % Tile::kSmemAlignment) %
@@ -140,9 +121,6 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
       reinterpret_cast<uint64_t*>(smem + layout.inbox_barrier_offset), rank, cluster_size, share, owned);
   float* terms = reinterpret_cast<float*>(smem + layout.terms_offset);  // [kM][share]
 
-  const int chunk_begin = rank * p.chunks_per_cta;
-  const int chunk_count = max(0, min(p.k_chunks - chunk_begin, p.chunks_per_cta));
-
   if (threadIdx.x == 0) {
     ring.init(consumer_warps(p.block_n));
     inbox.init(p.m);
@@ -155,8 +133,8 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
 
   if (warp == 0) {
     if (lane == 0) {
-      produce_stages(ring, &weight_map, &input_map, p, chunk_begin, chunk_count, n0,
-                     layout.weight_tile_bytes, layout.stage_bytes);
+      produce_stages(ring, &weight_map, &input_map, p, chunk_begin, chunk_count, n0, layout.weight_tile_bytes,
+                     layout.stage_bytes);
     }
     __syncwarp();
     cluster_wait();
@@ -190,4 +168,4 @@ __global__ void __launch_bounds__(Tile::kMaxThreads, 1)
   });
 }
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::gemv

@@ -10,11 +10,10 @@
 #include <cstdio>
 #include <tuple>
 
-#include "../../host/plan_search.h"
-#include "launch.h"
+#include "../host/plan_search.h"
 #include "smem_layout.h"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::gemv {
 namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -69,11 +68,11 @@ struct Scored {
 // from L2, not from device memory.
 class Traits {
  public:
-  using Candidate = mlp_down::Candidate;
-  using Scored = mlp_down::Scored;
+  using Candidate = gemv::Candidate;
+  using Scored = gemv::Scored;
 
-  Traits(const DeviceModel& d, const Problem& p, const PlanOverride& pin)
-      : device_(d), problem_(p), pin_(pin), k_chunks_(ceil_div(p.k, Tile::kChunkK)) {
+  Traits(const KernelQueries& kernel, const DeviceModel& d, const Problem& p, const PlanOverride& pin)
+      : kernel_(kernel), device_(d), problem_(p), pin_(pin), k_chunks_(ceil_div(p.k, Tile::kChunkK)) {
     const double sm_rate = d.sm_bytes_per_second();
     inflight_bytes_per_sm_ = sm_rate * kLoadedLatencySeconds;
     ring_bytes_per_sm_ = sm_rate * kRingCoverSeconds;
@@ -119,8 +118,8 @@ class Traits {
     // the SM (two on one SM stream at about half speed and the grid waits for them).
     plan.smem_bytes = std::max(bytes(plan.stages), device_.smem_exclusive);
     int resident = 0;
-    C10_CUDA_CHECK(max_active_clusters(problem_.kind, problem_.m_tiles, c.cluster, plan.threads,
-                                       plan.smem_bytes, &resident));
+    C10_CUDA_CHECK(kernel_.max_active_clusters(problem_.kind, problem_.m_tiles, c.cluster, plan.threads,
+                                               plan.smem_bytes, &resident));
     if (resident <= 0) return std::nullopt;
     plan.resident_clusters = resident;
 
@@ -140,6 +139,7 @@ class Traits {
   }
 
  private:
+  KernelQueries kernel_;
   const DeviceModel& device_;
   Problem problem_;
   PlanOverride pin_;
@@ -149,11 +149,10 @@ class Traits {
   double stage_overhead_seconds_ = 0;
 };
 
-LaunchPlan choose_plan(const char* op, const DeviceModel& device, const Problem& problem,
-                       const PlanOverride& pin) {
-  check_device_supported(op, device,
-                         configure_kernel(problem.kind, problem.m_tiles, device.smem_per_block_optin));
-  const std::optional<Scored> best = search_plan(Traits(device, problem, pin));
+LaunchPlan choose_plan(const char* op, const KernelQueries& kernel, const DeviceModel& device,
+                       const Problem& problem, const PlanOverride& pin) {
+  check_device_supported(op, device, kernel.configure(problem.kind, problem.m_tiles, device.smem_per_block_optin));
+  const std::optional<Scored> best = search_plan(Traits(kernel, device, problem, pin));
   TORCH_CHECK(best.has_value(), op, ": no launch configuration fits cuda:", device.index, " (",
               device.name, ", ", device.smem_per_block_optin, " bytes of shared memory per block)",
               pin.block_n != 0 ? " with the pinned plan" : "");
@@ -166,7 +165,7 @@ bool PlanOverride::operator<(const PlanOverride& o) const {
   return std::tie(block_n, cluster, stages) < std::tie(o.block_n, o.cluster, o.stages);
 }
 
-PlanOverride parse_plan(const char* op, const std::string& text) {
+PlanOverride parse_plan(const char* op, const std::string& text, const char* arg) {
   PlanOverride o;
   if (text.empty() || text == "auto") return o;
   char tail = 0;
@@ -175,7 +174,7 @@ PlanOverride parse_plan(const char* op, const std::string& text) {
                   o.block_n >= Tile::kMinBlockN && o.block_n <= Tile::kMaxBlockN && o.cluster >= 1 &&
                   o.cluster <= Tile::kMaxClusterSize &&
                   (fields == 2 || (o.stages >= Tile::kMinStages && o.stages <= Tile::kMaxStages));
-  TORCH_CHECK_VALUE(ok, op, ": argument 'plan' must be \"auto\" or \"BLOCK_N:CLUSTER[:STAGES]\" with BLOCK_N a "
+  TORCH_CHECK_VALUE(ok, op, ": argument '", arg, "' must be \"auto\" or \"BLOCK_N:CLUSTER[:STAGES]\" with BLOCK_N a "
                     "multiple of ", Tile::kBlockNStep, " in [", Tile::kMinBlockN, ", ", Tile::kMaxBlockN,
                     "], CLUSTER in [1, ", Tile::kMaxClusterSize, "] and STAGES in [", Tile::kMinStages, ", ",
                     Tile::kMaxStages, "]; got \"", text, "\"");
@@ -183,12 +182,13 @@ PlanOverride parse_plan(const char* op, const std::string& text) {
   return o;
 }
 
-const LaunchPlan& plan_for(const char* op, const DeviceModel& device, const Problem& problem,
-                           const PlanOverride& pin) {
-  using Key = std::tuple<int, int, int, int64_t, int64_t, PlanOverride>;
+const LaunchPlan& plan_for(const char* op, const KernelQueries& kernel, const DeviceModel& device,
+                           const Problem& problem, const PlanOverride& pin) {
+  using Key = std::tuple<const void*, int, int, int, int64_t, int64_t, PlanOverride>;
   static PlanCache<Key, LaunchPlan> cache;
-  const Key key{device.index, static_cast<int>(problem.kind), problem.m_tiles, problem.n, problem.k, pin};
-  return cache.get(key, [&] { return choose_plan(op, device, problem, pin); });
+  const Key key{reinterpret_cast<const void*>(kernel.configure), device.index, static_cast<int>(problem.kind),
+                problem.m_tiles, problem.n, problem.k, pin};
+  return cache.get(key, [&] { return choose_plan(op, kernel, device, problem, pin); });
 }
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::gemv

@@ -1,9 +1,9 @@
-// The shared-memory layout of the fused MLP-down + residual kernel, the one
-// description both the kernel (offsets) and the planner (sizes) use:
+// The shared-memory layout of the split-K GEMV kernel, the one description both
+// the kernel (offsets) and the planner (sizes) use:
 //
 //   [stage 0 .. stage S-1]        weight tile [block_n x 64] + input tile [padded m x 64] each
 //   [inbox slots]                 fp32 partial sums, [cluster][padded m][share]
-//   [residual terms]              fp32, [padded m][share]: the owner's bias + attn + hidden
+//   [epilogue terms]              fp32, [padded m][share]: what the owner adds to each output
 //   [full x S][empty x S][inbox]  mbarriers
 //
 // The base is aligned up to 1024 bytes at run time; the request includes that slack.
@@ -14,7 +14,7 @@
 
 #include "config.h"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::gemv {
 
 // Outputs of a cluster's tile that each of its CTAs finishes (reduces and writes).
 constexpr int outputs_per_rank(int block_n, int cluster_size) {
@@ -67,4 +67,4 @@ static_assert(SmemLayout(184, 1, 8, 8).request_bytes() ==
                   8 * (184 + 8) * 128 + (8 + 1) * 8 * 23 * 4 + (2 * 8 + 1) * 8 + 1024,
               "layout of the 2.8B plan: 8 stages, inbox, terms, barriers, slack");
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::gemv

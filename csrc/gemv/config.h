@@ -1,7 +1,7 @@
-// Compile-time tile constants and the run-time parameter blocks of the fused
-// MLP-down + residual kernel: out[m, n] = hidden[m, n] + attn[m, n] + bias[n] +
-// sum_k x[m, k] * W[n, k], with m the tokens, n the outputs (hidden size) and k
-// the reduction (ffn). Shared by host and device code: no torch headers.
+// Compile-time tile constants and the run-time parameter blocks of the split-K
+// GEMV kernel every weight-streaming op is built on: y[m, n] = sum_k x[m, k] *
+// W[n, k] with m the tokens, n the outputs and k the reduction, then an op's
+// epilogue. Shared by host and device code: no torch headers.
 #pragma once
 
 #include <cstddef>
@@ -9,10 +9,11 @@
 
 #include "clusterfusion/scalar_kind.h"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::gemv {
 
-// One pipeline stage holds a [block_n x kChunkK] weight tile and the matching
-// [padded m x kChunkK] slice of the input. kChunkK * 2 bytes = 128 bytes is the
+// One pipeline stage holds a [block_n x kChunkK] weight tile and, unless the
+// input is resident (computed into shared memory before the mainloop), the
+// matching [padded m x kChunkK] slice of the input. kChunkK * 2 bytes = 128 bytes is the
 // span of the TMA 128-byte swizzle, which makes the ldmatrix reads of both
 // tiles bank-conflict free.
 struct Tile {
@@ -32,7 +33,8 @@ struct Tile {
   static constexpr int kMaxClusterSize = 8;   // portable cluster size
   static constexpr int kMinStages = 2;
   static constexpr int kMaxStages = 32;
-  static constexpr int kMaxThreads = 32 * (1 + kMaxBlockN / kWarpN);  // producer + consumers
+  static constexpr int kMaxConsumerWarps = kMaxBlockN / kWarpN;
+  static constexpr int kMaxThreads = 32 * (1 + kMaxConsumerWarps);  // producer + consumers
   static constexpr int kSmemAlignment = 1024;  // required by the 128-byte swizzle
 };
 
@@ -51,14 +53,6 @@ struct Params {
   int block_n;              // outputs per cluster (multiple of kBlockNStep)
   int stages;               // pipeline depth
   int trigger_chunks_left;  // chunks a CTA has left to consume when it lets the next grid launch
-};
-
-// The residual epilogue's operands: row-major [m, n] with row stride n.
-struct ResidualArgs {
-  const void* hidden_states;  // [m, n]
-  const void* attn_output;    // [m, n]
-  const void* bias;           // [n] or nullptr
-  void* out;                  // [m, n]
 };
 
 // How one problem is laid out on the GPU. grid = (cluster_size, n_tiles).
@@ -81,4 +75,4 @@ constexpr int consumer_warps(int block_n) { return (block_n + Tile::kWarpN - 1) 
 
 constexpr int threads_for(int block_n) { return 32 * (1 + consumer_warps(block_n)); }
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::gemv
