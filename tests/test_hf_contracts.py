@@ -346,11 +346,12 @@ def test_cuda_model_cast_and_moved_after_patching(op_calls):
     assert len(op_calls) == 9 and rel_err(cpu, expected.cpu().double()) < 1e-2
 
 
-def test_patched_model_compiles_without_graph_breaks(op_calls):
+@pytest.mark.parametrize("fusions", ["mlp_block", "mlp_down"])
+def test_patched_model_compiles_without_graph_breaks(fusions, op_calls):
     ids = _ids()
     model = _model()
     expected = _logits(model, ids)
-    patch_model(model)
+    patch_model(model, fusions)
     torch._dynamo.reset()
     with torch.no_grad():
         explained = torch._dynamo.explain(model)(ids)
@@ -358,3 +359,4 @@ def test_patched_model_compiles_without_graph_breaks(op_calls):
         torch._dynamo.reset()
         got = torch.compile(model)(ids).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert set(op_calls) == {fusions}

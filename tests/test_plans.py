@@ -117,6 +117,17 @@ def test_tuning_rejects_wrong_types():
     with pytest.raises(TypeError, match=r"argument 'pdl' must be a bool; got 0"):
         with clusterfusion.tuning(pdl=0):
             pass
+    with pytest.raises(TypeError, match=r"argument 'block_plan' must be a str"):
+        with clusterfusion.tuning(block_plan=1):
+            pass
+
+
+def test_block_plan_is_its_own_setting():
+    with clusterfusion.tuning(plan="184:8", block_plan="64:1;auto") as t:
+        assert (t.plan, t.block_plan, t.pdl) == ("184:8", "64:1;auto", True)
+        with clusterfusion.tuning(pdl=False) as inner:
+            assert (inner.plan, inner.block_plan, inner.pdl) == ("184:8", "64:1;auto", False)
+    assert clusterfusion.current_tuning() == clusterfusion.Tuning()
 
 
 def test_tuning_is_per_thread():

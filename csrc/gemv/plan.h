@@ -25,7 +25,7 @@ struct PlanOverride {
 // Parses one plan ("" or "auto": no pin). Raises ValueError naming `arg`.
 PlanOverride parse_plan(const char* op, const std::string& text, const char* arg = "plan");
 
-// What the planner asks of one instantiation of the kernel (see launch.h of each op).
+// What the planner asks of one epilogue's instantiations of the kernel (gemv::Kernels<E>::queries()).
 struct KernelQueries {
   // Lets the instantiation for (kind, m_tiles) use `smem_bytes` of dynamic shared memory.
   cudaError_t (*configure)(ScalarKind kind, int m_tiles, size_t smem_bytes);
