@@ -22,10 +22,9 @@ cudaError_t launch_up_typed(int m_tiles, const CUtensorMap& weight_map, const CU
 template <typename T>
 cudaError_t launch_layer_norm_typed(const void* x, const void* weight, const void* bias, void* out, int m, int k,
                                     float eps, bool programmatic, cudaStream_t stream) {
-  // Whole warps, enough for kLayerNormVectorsPerThread vectors of 8 features each.
-  const int features_per_warp = 32 * 8 * kLayerNormVectorsPerThread;
-  const int warps = std::clamp((k + features_per_warp - 1) / features_per_warp, 1, kMaxLayerNormThreads / 32);
-  return launch_kernel(dim3(m, 1, 1), dim3(32 * warps, 1, 1), programmatic, stream, layer_norm_kernel<T>,
+  const int per_thread = 8 * kLayerNormVectorsPerThread;
+  const int threads = std::clamp((k + per_thread - 1) / per_thread, 1, kMaxLayerNormThreads / 32 * 32);
+  return launch_kernel(dim3(m, 1, 1), dim3((threads + 31) / 32 * 32, 1, 1), programmatic, stream, layer_norm_kernel<T>,
                        static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<const T*>(bias),
                        static_cast<T*>(out), k, eps);
 }
