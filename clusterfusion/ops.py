@@ -293,16 +293,21 @@ def pythia_6b9_mlp_only(
     )
 
 
+def _check_devices(op: str, like: tuple[str, torch.Tensor], **tensors) -> None:
+    """Every given tensor (None: absent) is on the device of `like`, as the backends check."""
+    like_name, ref = like
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{op}: argument '{name}' is on {t.device}; expected {ref.device} like '{like_name}'")
+
+
 @torch.library.register_fake("clusterfusion::mlp_down_residual")
 def _mlp_down_residual_fake(hidden_states, attn_output, mlp_intermediate, weight, bias=None, *, plan="auto", pdl=True):
     # Serves torch.compile's tracing and meta tensors. Meta tensors mixed with
     # real ones also land here, so the devices are checked as the backends do:
     # an uninitialised result must never pass for a computed one.
-    op = "clusterfusion.mlp_down_residual"
-    for name, t in (("hidden_states", hidden_states), ("attn_output", attn_output),
-                    ("mlp_intermediate", mlp_intermediate), ("bias", bias)):
-        if t is not None and t.device != weight.device:
-            raise ValueError(f"{op}: argument '{name}' is on {t.device}; expected {weight.device} like 'weight'")
+    _check_devices("clusterfusion.mlp_down_residual", ("weight", weight),
+                   hidden_states=hidden_states, attn_output=attn_output, mlp_intermediate=mlp_intermediate, bias=bias)
     torch._check(weight.dim() == 2, lambda: f"weight must be 2-D [hidden, ffn]; got {tuple(weight.shape)}")
     torch._check(
         hidden_states.shape[-1] == weight.shape[0],
@@ -322,12 +327,9 @@ def _mlp_down_residual_fake(hidden_states, attn_output, mlp_intermediate, weight
 @torch.library.register_fake("clusterfusion::mlp_block_residual")
 def _mlp_block_residual_fake(hidden_states, attn_output, ln_weight, ln_bias, up_weight, up_bias, down_weight,
                              down_bias, eps=1e-5, *, plan="auto", pdl=True):
-    op = "clusterfusion.mlp_block_residual"
-    for name, t in (("hidden_states", hidden_states), ("attn_output", attn_output), ("ln_weight", ln_weight),
-                    ("ln_bias", ln_bias), ("up_bias", up_bias), ("down_weight", down_weight),
-                    ("down_bias", down_bias)):
-        if t is not None and t.device != up_weight.device:
-            raise ValueError(f"{op}: argument '{name}' is on {t.device}; expected {up_weight.device} like 'up_weight'")
+    _check_devices("clusterfusion.mlp_block_residual", ("up_weight", up_weight),
+                   hidden_states=hidden_states, attn_output=attn_output, ln_weight=ln_weight, ln_bias=ln_bias,
+                   up_bias=up_bias, down_weight=down_weight, down_bias=down_bias)
     torch._check(up_weight.dim() == 2, lambda: f"up_weight must be 2-D [ffn, hidden]; got {tuple(up_weight.shape)}")
     ffn, hidden = up_weight.shape
     torch._check(
