@@ -3,7 +3,7 @@ clusterfusion's fused ops, measured as time per output token.
 
 Arms: PyTorch (HuggingFace as shipped) and clusterfusion (every decoder layer
 patched by ``clusterfusion.hf.patch_model`` with ``--fusions``, by default the
-fused MLP block), in two modes:
+fused attention block and the fused MLP block), in two modes:
 
 * graph: through ``clusterfusion.Decoder`` (what users call): prefill, then one
   decode step captured in a CUDA graph over a ``StaticCache`` and replayed once
@@ -27,7 +27,8 @@ uncompiled PyTorch arm, and free-running greedy tokens compared.
     python benchmark_e2e.py --model /path/to/pythia-2.8b   # a local checkpoint
     python benchmark_e2e.py --tokens 16 128 1024 --modes graph --plot tpot.png
     python benchmark_e2e.py --no-compile           # without the torch.compile arms
-    python benchmark_e2e.py --fusions mlp_down     # the MLP-down op instead of the MLP block
+    python benchmark_e2e.py --fusions mlp_block    # the MLP block only (attention stays HuggingFace's)
+    python benchmark_e2e.py --fusions attention_block,mlp_down
 """
 
 from __future__ import annotations
@@ -310,8 +311,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fidelity-steps", type=int, default=128)
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="graph mode without the torch.compile arms")
-    parser.add_argument("--fusions", choices=["auto", "mlp_block", "mlp_down"], default="auto",
-                        help="what serves the clusterfusion arms' layers (auto: the most fused that can)")
+    parser.add_argument("--fusions", default="auto", type=lambda s: s if s == "auto" else tuple(s.split(",")),
+                        help="what serves the clusterfusion arms' layers: auto (every fusion) or a comma-separated "
+                             "selection of attention_block, mlp_block, mlp_down")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="benchmark_e2e.json")
     parser.add_argument("--plot", metavar="FILE.png")

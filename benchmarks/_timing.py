@@ -1,6 +1,6 @@
 """Shared by the kernel benchmarks: their common options and start-up, CUDA-event
-medians, CUDA-graph timing of a list of layers, eager host cost, and the card's
-streaming-read ceiling."""
+medians, CUDA-graph timing of a list of layers, timing in context (after the
+add that writes a block's input), eager host cost, and the card's streaming-read ceiling."""
 
 from __future__ import annotations
 
@@ -49,6 +49,29 @@ def graph_us(fn, layers, reps):
     us = median_ms(graph.replay, reps) * 1e3 / len(layers)
     del graph
     return us
+
+
+def after_residual(block):
+    """A block as the model runs it: an add (the previous layer's residual) writes
+    its ``hidden_states`` first, so it is timed after the kernel that produces its input."""
+
+    def layer(previous, residual, **block_args):
+        return block(previous + residual, **block_args)
+
+    return layer
+
+
+def residual_only(previous, residual, **block_args):
+    """The add of :func:`after_residual` alone, whose time is subtracted."""
+    return previous + residual
+
+
+def print_markdown_table(columns, rows) -> None:
+    """Prints rows as a Markdown table; columns: (title, key, format) each, "-" where a row lacks the key."""
+    print("| " + " | ".join(title for title, _, _ in columns) + " |")
+    print("|" + "---|" * len(columns))
+    for r in rows:
+        print("| " + " | ".join(fmt.format(r[key]) if key in r else "-" for _, key, fmt in columns) + " |")
 
 
 def host_us(fn, layer, calls=200):
@@ -108,7 +131,8 @@ def read_ceiling(reps: int) -> tuple[float, dict[str, float]]:
 def add_common_arguments(parser: argparse.ArgumentParser, *, shapes, dtypes, arms, m, reps, plan_help, json):
     parser.add_argument("--shapes", nargs="+", default=list(shapes), choices=list(shapes))
     parser.add_argument("--dtypes", nargs="+", default=list(dtypes), choices=list(dtypes))
-    parser.add_argument("--m", nargs="+", type=int, default=m, help="token counts (rows of hidden_states)")
+    if m is not None:
+        parser.add_argument("--m", nargs="+", type=int, default=m, help="token counts (rows of hidden_states)")
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--reps", type=int, default=reps)
     parser.add_argument("--arms", nargs="+", default=list(arms), choices=list(arms), help="what to time (default: all)")

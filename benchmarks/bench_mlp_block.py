@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 import clusterfusion
-from _timing import add_common_arguments, graph_us, start
+from _timing import add_common_arguments, after_residual, graph_us, print_markdown_table, residual_only, start
 
 SHAPES = {"2.8b": (2560, 10240), "6.9b": (4096, 16384)}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -54,19 +54,6 @@ def clusterfusion_block(hidden_states, attn_output, ln_weight, ln_bias, up_weigh
     return clusterfusion.mlp_block_residual(
         hidden_states, attn_output, ln_weight, ln_bias, up_weight, up_bias, down_weight, down_bias
     )
-
-
-def after_residual(block):
-    """The block as the model runs it: an add (the previous residual) writes its input first."""
-
-    def layer(previous, residual, **block_args):
-        return block(previous + residual, **block_args)
-
-    return layer
-
-
-def residual_only(previous, residual, **block_args):
-    return previous + residual
 
 
 def make_weights(hidden, ffn, dtype, layers):
@@ -125,21 +112,15 @@ def print_table(results, card, ceiling):
     print("Back to back: the block alone, layer after layer. In context: after the add that writes its input, "
           "the add's time subtracted. % ceiling: both weights at the read ceiling against the time.")
     print("Speedup: against the faster of PyTorch and torch.compile in the same mode.\n")
-    header = ("| shape | dtype | M | floor | PT | compile | CF | % ceiling | speedup | PT in context "
-              "| compile in context | CF in context | % ceiling in context | speedup in context |")
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
-
-    def cell(r, key, fmt="{:.1f}"):
-        return fmt.format(r[key]) if key in r else "-"
-
-    for r in results:
-        print(f"| {r['shape']} | {r['dtype']} | {r['m']} | {cell(r, 'floor_us')} | {cell(r, 'pytorch_graph_us')} | "
-              f"{cell(r, 'compile_graph_us')} | {cell(r, 'clusterfusion_graph_us')} | "
-              f"{cell(r, 'clusterfusion_graph_pct_ceiling', '{:.1f}%')} | {cell(r, 'speedup_graph', '{:.2f}x')} | "
-              f"{cell(r, 'pytorch_context_us')} | {cell(r, 'compile_context_us')} | "
-              f"{cell(r, 'clusterfusion_context_us')} | {cell(r, 'clusterfusion_context_pct_ceiling', '{:.1f}%')} | "
-              f"{cell(r, 'speedup_context', '{:.2f}x')} |")
+    us, pct, x = "{:.1f}", "{:.1f}%", "{:.2f}x"
+    print_markdown_table([
+        ("shape", "shape", "{}"), ("dtype", "dtype", "{}"), ("M", "m", "{}"), ("floor", "floor_us", us),
+        ("PT", "pytorch_graph_us", us), ("compile", "compile_graph_us", us), ("CF", "clusterfusion_graph_us", us),
+        ("% ceiling", "clusterfusion_graph_pct_ceiling", pct), ("speedup", "speedup_graph", x),
+        ("PT in context", "pytorch_context_us", us), ("compile in context", "compile_context_us", us),
+        ("CF in context", "clusterfusion_context_us", us),
+        ("% ceiling in context", "clusterfusion_context_pct_ceiling", pct), ("speedup in context", "speedup_context", x),
+    ], results)
 
 
 def main(argv=None) -> int:

@@ -3,11 +3,15 @@ No transformers import: the Decoder checks its argument before importing the pat
 
 from __future__ import annotations
 
-#: Most fused first: a layer gets the first of the requested fusions that can serve it.
-#: ``mlp_block``: LayerNorm, up projection, GELU, down projection and both
-#: residual adds (:func:`clusterfusion.mlp_block_residual`); ``mlp_down``: the
-#: down projection, its bias and the residual adds (:func:`clusterfusion.mlp_down_residual`).
-FUSIONS = ("mlp_block", "mlp_down")
+#: ``attention_block``: the attention branch of a decode step with a static cache
+#: (:func:`clusterfusion.attention_block`). The MLP branch gets the first of the
+#: requested MLP fusions that can serve it, most fused first: ``mlp_block``:
+#: LayerNorm, up projection, GELU, down projection and both residual adds
+#: (:func:`clusterfusion.mlp_block_residual`); ``mlp_down``: the down projection,
+#: its bias and the residual adds (:func:`clusterfusion.mlp_down_residual`).
+FUSIONS = ("attention_block", "mlp_block", "mlp_down")
+ATTENTION_FUSIONS = ("attention_block",)
+MLP_FUSIONS = ("mlp_block", "mlp_down")
 
 
 def parse_fusions(fusions, caller: str) -> tuple[str, ...]:

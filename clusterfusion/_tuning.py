@@ -35,11 +35,14 @@ class Tuning:
             weights while the previous kernel in the stream finishes.
         block_plan: ``"auto"`` or ``"UP;DOWN"`` for the MLP block's two GEMV
             kernels (the up and the down projection), each ``"auto"`` or ``"BLOCK_N:CLUSTER[:STAGES]"``.
+        attention_plan: ``"auto"`` or ``"QKV;DENSE"`` for the attention block's
+            two GEMV kernels (the QKV and the output projection), each as in ``block_plan``.
     """
 
     plan: str = "auto"
     pdl: bool = True
     block_plan: str = "auto"
+    attention_plan: str = "auto"
 
 
 class _State(threading.local):
@@ -56,26 +59,28 @@ def current_tuning() -> Tuning:
 
 
 @contextlib.contextmanager
-def tuning(plan: str | None = None, pdl: bool | None = None, *, block_plan: str | None = None):
+def tuning(plan: str | None = None, pdl: bool | None = None, *, block_plan: str | None = None,
+           attention_plan: str | None = None):
     """Context manager: ops called inside use these launch settings.
 
     Arguments left ``None`` keep the enclosing setting. Yields the settings in force.
 
     Raises:
-        TypeError: ``plan`` or ``block_plan`` is not a string or ``pdl`` not a
-            bool. A malformed plan string raises ``ValueError`` from the op that reads it.
+        TypeError: a plan is not a string or ``pdl`` not a bool. A malformed plan string raises ``ValueError`` from the op that reads it.
     """
     if plan is not None and not isinstance(plan, str):
         raise TypeError(f"clusterfusion.tuning: argument 'plan' must be a str like \"184:8:8\" or \"auto\"; got {plan!r}")
-    if block_plan is not None and not isinstance(block_plan, str):
-        raise TypeError(
-            f"clusterfusion.tuning: argument 'block_plan' must be a str like \"80:1;184:8\" or \"auto\"; got {block_plan!r}"
-        )
+    for name, value in (("block_plan", block_plan), ("attention_plan", attention_plan)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(
+                f"clusterfusion.tuning: argument '{name}' must be a str like \"80:1;184:8\" or \"auto\"; got {value!r}"
+            )
     if pdl is not None and not isinstance(pdl, bool):
         raise TypeError(f"clusterfusion.tuning: argument 'pdl' must be a bool; got {pdl!r}")
     previous = _state.current
     _state.current = dataclasses.replace(
-        previous, **{k: v for k, v in (("plan", plan), ("block_plan", block_plan), ("pdl", pdl)) if v is not None}
+        previous, **{k: v for k, v in (("plan", plan), ("block_plan", block_plan), ("attention_plan", attention_plan),
+                                ("pdl", pdl)) if v is not None}
     )
     try:
         yield _state.current

@@ -1,5 +1,5 @@
-"""HuggingFace GPT-NeoX integration: run each decoder layer's MLP branch with
-clusterfusion's fused ops.
+"""HuggingFace GPT-NeoX integration: run each decoder layer's attention and MLP
+branches with clusterfusion's fused ops.
 
     from clusterfusion.hf import patch_model, unpatch_model, patched
 
@@ -10,26 +10,33 @@ clusterfusion's fused ops.
     with patched(model, fusions=("mlp_down",)):   # or scoped, with a choice of fusions
         ...
 
-Two fusions, most fused first (``fusions="auto"`` asks for both):
+Three fusions (``fusions="auto"`` asks for all):
 
+* ``attention_block``: :func:`clusterfusion.attention_block`, the attention branch
+  of a decode step (``input_layernorm``, ``query_key_value``, rotary embedding,
+  the cache append, attention over the positions in use, ``dense``). It serves
+  one new token of one sequence with a ``StaticCache``, and keeps the cache's
+  bookkeeping as its own ``update`` would (the layer's device-side length
+  advances by one); prefill, other caches and batches run HuggingFace's attention;
 * ``mlp_block``: :func:`clusterfusion.mlp_block_residual`, the whole parallel-
   residual MLP branch (``post_attention_layernorm``, ``dense_h_to_4h``, GELU,
   ``dense_4h_to_h`` and both residual adds);
 * ``mlp_down``: :func:`clusterfusion.mlp_down_residual`, the down projection, its
   bias and the residual adds (the rest of the branch stays HuggingFace's).
 
-Attention stays HuggingFace's own code. The patch never changes what the model
-computes beyond rounding: a patched layer decides on every call which of its
-fusions can serve it (the most fused first), and runs HuggingFace's forward
-when none can:
+The MLP branch gets the most fused of the requested MLP fusions that can serve
+it. The patch never changes what the model computes beyond rounding: a patched
+layer decides on every call which fusions can serve it, and runs HuggingFace's
+code for a branch none can serve (HuggingFace's whole forward when neither is served):
 
 * in training mode, and whenever autograd needs the layer's gradients (grad
   mode on and the input or a parameter of the MLP branch requires grad);
-* when a module a fusion bypasses (``mlp``, its linears and activation,
-  ``post_attention_layernorm``, the two dropouts) carries hooks, an adapter (a
-  PEFT LoRA wrapper), an accelerate hook, a forward of its own, or is not the
-  plain HuggingFace / ``torch.nn`` module; when the layer itself carries an
-  accelerate hook; for ``mlp_block``, also another activation than the exact GELU;
+* when a module a fusion bypasses (``attention``, its linears, ``input_layernorm``;
+  ``mlp``, its linears and activation, ``post_attention_layernorm``; the two
+  dropouts) carries hooks, an adapter (a PEFT LoRA wrapper), an accelerate hook,
+  a forward of its own, or is not the plain HuggingFace / ``torch.nn`` module;
+  when the layer itself carries an accelerate hook; for ``mlp_block``, also
+  another activation than the exact GELU;
 * when a weight is one the op rejects (dtype, device, layout) or not
   materialized (meta, offloaded).
 
@@ -49,10 +56,13 @@ import warnings
 import torch
 import transformers
 from transformers.activations import GELUActivation
-from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer, GPTNeoXMLP
+from transformers.cache_utils import StaticLayer
+from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention, GPTNeoXLayer, GPTNeoXMLP
 
-from ._fusions import FUSIONS, parse_fusions
+from ._fusions import ATTENTION_FUSIONS, FUSIONS, MLP_FUSIONS, parse_fusions
 from .ops import (
+    attention_block,
+    attention_block_unsupported_reason,
     mlp_block_residual,
     mlp_block_residual_unsupported_reason,
     mlp_down_residual,
@@ -77,13 +87,34 @@ _PREVIOUS_FORWARD = "_clusterfusion_previous_forward"
 _LAYER_FUSIONS = "_clusterfusion_fusions"
 
 
-def _check_transformers_layer() -> None:
+# GPTNeoXAttention.forward and StaticLayer as the attention fusion was written against.
+_EXPECTED_ATTENTION_SIGNATURE = ("hidden_states", "attention_mask", "layer_past", "position_embeddings", "kwargs")
+# Attributes of a StaticLayer before its lazy initialization (keys and values come with it).
+_EXPECTED_STATIC_LAYER = ("cumulative_length", "max_cache_len", "is_initialized", "lazy_initialization")
+
+
+def _check_transformers_layer(fusions: tuple[str, ...]) -> None:
     params = tuple(inspect.signature(GPTNeoXLayer.forward).parameters)[1:]
     if params != _EXPECTED_SIGNATURE:
         raise RuntimeError(
             f"clusterfusion.hf: GPTNeoXLayer.forward in transformers {transformers.__version__} takes "
             f"{params}; this integration was written for {_EXPECTED_SIGNATURE}. "
             "Its fused forward would no longer match HuggingFace's, so nothing was patched."
+        )
+    if not set(fusions) & set(ATTENTION_FUSIONS):
+        return
+    attention = tuple(inspect.signature(GPTNeoXAttention.forward).parameters)[1:]
+    probe = StaticLayer(max_cache_len=1)
+    update = tuple(inspect.signature(StaticLayer.update).parameters)[1:3]
+    static = all(hasattr(probe, a) for a in _EXPECTED_STATIC_LAYER)
+    if (attention != _EXPECTED_ATTENTION_SIGNATURE or update != ("key_states", "value_states") or not static
+            or not isinstance(probe.cumulative_length, torch.Tensor)):
+        raise RuntimeError(
+            f"clusterfusion.hf: transformers {transformers.__version__} changed GPTNeoXAttention.forward "
+            f"({attention}) or its static cache layer (StaticLayer, expected a device-side 'cumulative_length' "
+            f"advanced by update(key_states, value_states)); the attention_block fusion was written for "
+            f"{_EXPECTED_ATTENTION_SIGNATURE} and would no longer keep the cache's bookkeeping, so nothing was "
+            "patched. Patch with fusions=(\"mlp_block\",) to fuse the MLP branch only."
         )
 
 
@@ -96,17 +127,19 @@ _WEIGHT_REASONS: dict = {}
 
 
 @torch.compiler.disable
-def _ask_backend(fusion: str, weights: dict[str, torch.Tensor]) -> str | None:
+def _ask_backend(fusion: str, weights: dict[str, torch.Tensor], head_dim: int | None) -> str | None:
     for weight in weights.values():
         if weight.device.type not in ("cpu", "cuda"):
             return f"device {weight.device} (the ops run on CUDA and CPU)"
+    if fusion == "attention_block":
+        return attention_block_unsupported_reason(weights["query_key_value"], weights["dense"], head_dim)
     if fusion == "mlp_block":
         return mlp_block_residual_unsupported_reason(weights["dense_h_to_4h"], weights["dense_4h_to_h"])
     return mlp_down_residual_unsupported_reason(weights["dense_4h_to_h"])
 
 
-def _weight_reason(fusion: str, weights: dict[str, torch.Tensor]) -> str | None:
-    """Why `fusion`'s op rejects these weights (by the name of their module), or None."""
+def _weight_reason(fusion: str, weights: dict[str, torch.Tensor], head_dim: int | None = None) -> str | None:
+    """Why `fusion`'s op rejects these weights (by the name of their module) and head size, or None."""
     for name, weight in weights.items():
         if weight.device.type == "meta":
             return "weights not materialized (meta device: offloaded or not loaded)"
@@ -114,13 +147,13 @@ def _weight_reason(fusion: str, weights: dict[str, torch.Tensor]) -> str | None:
             return f"{name}'s weight is a {type(weight).__name__} (quantized or wrapped)"
     # Under torch.compile the storage offset is not traceable; parameters start
     # their storage, and the eager calls and patch_model fill the cache.
-    key = (fusion,) + tuple(
+    key = (fusion, head_dim) + tuple(
         (w.device, w.dtype, tuple(w.shape), w.stride(), 0 if torch.compiler.is_compiling() else w.storage_offset())
         for w in weights.values()
     )
     reason = _WEIGHT_REASONS.get(key, _MISSING)
     if reason is _MISSING:
-        reason = _WEIGHT_REASONS[key] = _ask_backend(fusion, weights)
+        reason = _WEIGHT_REASONS[key] = _ask_backend(fusion, weights, head_dim)
     return reason
 
 
@@ -141,7 +174,16 @@ def _module_reason(name: str, module: torch.nn.Module, expected: type) -> str | 
     return None
 
 
-def _shared_reason(layer: GPTNeoXLayer) -> str | None:
+def _modules_reason(modules) -> str | None:
+    """The first reason (name, module, expected type) forbids bypassing a module, or None."""
+    for name, module, expected in modules:
+        reason = _module_reason(name, module, expected)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _layer_reason(layer: GPTNeoXLayer) -> str | None:
     """Why no fusion can serve `layer` as it is now, whatever the call; None if one may."""
     if not layer.use_parallel_residual:
         return "no parallel residual (use_parallel_residual=False)"
@@ -150,21 +192,22 @@ def _shared_reason(layer: GPTNeoXLayer) -> str | None:
     module_hooks = torch.nn.modules.module
     if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
         return "global module hooks are registered"
+    return None
+
+
+def _mlp_reason(layer: GPTNeoXLayer) -> str | None:
+    """Why no MLP fusion can serve `layer` beyond what _layer_reason says; None if one may."""
     mlp = layer.mlp
-    for name, module, expected in (
+    return _modules_reason((
         ("mlp", mlp, GPTNeoXMLP),
         ("dense_4h_to_h", mlp.dense_4h_to_h, torch.nn.Linear),
         ("post_attention_dropout", layer.post_attention_dropout, torch.nn.Dropout),
         ("post_mlp_dropout", layer.post_mlp_dropout, torch.nn.Dropout),
-    ):
-        reason = _module_reason(name, module, expected)
-        if reason is not None:
-            return reason
-    return None
+    ))
 
 
 def _block_reason(layer: GPTNeoXLayer) -> str | None:
-    """Why the MLP block op cannot serve `layer` beyond what _shared_reason says; None if it can."""
+    """Why the MLP block op cannot serve `layer` beyond what _mlp_reason says; None if it can."""
     mlp, norm = layer.mlp, layer.post_attention_layernorm
     for name, module, expected in (
         ("post_attention_layernorm", norm, torch.nn.LayerNorm),
@@ -186,27 +229,89 @@ def _block_reason(layer: GPTNeoXLayer) -> str | None:
 
 
 def _down_reason(layer: GPTNeoXLayer) -> str | None:
-    """Why the MLP-down op cannot serve `layer` beyond what _shared_reason says; None if it can."""
+    """Why the MLP-down op cannot serve `layer` beyond what _mlp_reason says; None if it can."""
     return _weight_reason("mlp_down", {"dense_4h_to_h": layer.mlp.dense_4h_to_h.weight})
 
 
-_FUSION_REASONS = {"mlp_block": _block_reason, "mlp_down": _down_reason}
-_FUSION_OPS = {"mlp_block": "the MLP block op", "mlp_down": "the MLP-down op"}
+def _attention_reason(layer: GPTNeoXLayer) -> str | None:
+    """Why the attention block op cannot serve `layer` beyond what _layer_reason says,
+    whatever the call; None if it may."""
+    attention, norm = layer.attention, layer.input_layernorm
+    reason = _modules_reason((
+        ("attention", attention, GPTNeoXAttention),
+        ("query_key_value", attention.query_key_value, torch.nn.Linear),
+        ("dense", attention.dense, torch.nn.Linear),
+        ("input_layernorm", norm, torch.nn.LayerNorm),
+        ("post_attention_dropout", layer.post_attention_dropout, torch.nn.Dropout),
+    ))
+    if reason is not None:
+        return reason
+    if norm.weight is None or tuple(norm.normalized_shape) != (attention.query_key_value.in_features,):
+        return "input_layernorm is not an affine LayerNorm over the hidden size"
+    if attention.scaling != attention.head_size**-0.5:
+        return f"attention scaling {attention.scaling} is not head_size ** -0.5"
+    return _weight_reason(
+        "attention_block",
+        {"input_layernorm": norm.weight, "query_key_value": attention.query_key_value.weight,
+         "dense": attention.dense.weight},
+        attention.head_size,
+    )
 
 
-def _choose_fusion(layer: GPTNeoXLayer, fusions: tuple[str, ...]) -> tuple[str | None, list[str]]:
-    """The first of `fusions` that can serve `layer` as it is now (None: none can),
-    and why each fusion before it cannot."""
-    shared = _shared_reason(layer)
-    if shared is not None:
-        return None, [shared]
-    reasons = []
-    for fusion in fusions:
-        reason = _FUSION_REASONS[fusion](layer)
+_MASK_DTYPES = (torch.bool, torch.float32, torch.float16, torch.bfloat16)
+
+
+def _attention_call(layer, hidden_states, attention_mask, layer_past, position_embeddings):
+    """The static cache layer the attention block appends to on this call, or None
+    and why not (no reason: a prefill or a cache's first call, which HuggingFace's
+    attention serves as expected: it lays the cache out)."""
+    if hidden_states.dim() != 3 or hidden_states.shape[1] != 1:
+        return None, None
+    if hidden_states.shape[0] != 1:
+        return None, f"batch {hidden_states.shape[0]} (the attention block decodes batch 1)"
+    layers = getattr(layer_past, "layers", None)
+    index = layer.attention.layer_idx
+    if not isinstance(layers, list) or index is None or index >= len(layers):
+        return None, f"no per-layer cache ({type(layer_past).__name__}; the attention block needs a StaticCache)"
+    cache = layers[index]
+    if type(cache) is not StaticLayer:
+        return None, f"the cache layer is a {type(cache).__name__} (the attention block needs a StaticCache)"
+    if not cache.is_initialized:
+        return None, None
+    if cache.keys.shape[0] != 1:
+        return None, f"a static cache for batch {cache.keys.shape[0]} (the attention block decodes batch 1)"
+    if position_embeddings is None:
+        return None, "no position embeddings were passed to the layer"
+    if attention_mask is not None and (
+        not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype not in _MASK_DTYPES
+        or attention_mask.shape[-1] != cache.max_cache_len or attention_mask.numel() != cache.max_cache_len
+    ):
+        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        return None, f"an attention mask of shape {shape} (the attention block takes one row over the cache)"
+    return cache, None
+
+
+_MLP_REASONS = {"mlp_block": _block_reason, "mlp_down": _down_reason}
+_FUSION_OPS = {"attention_block": "the attention block op", "mlp_block": "the MLP block op",
+               "mlp_down": "the MLP-down op"}
+
+
+def _static_reasons(layer: GPTNeoXLayer, fusions: tuple[str, ...]) -> tuple[dict[str, str | None], str | None]:
+    """Whether each of `fusions` may serve `layer` as it is now, whatever the call:
+    {fusion: reason or None}, and the MLP fusion that serves the MLP branch (None: none)."""
+    shared = _layer_reason(layer)
+    reasons: dict[str, str | None] = {}
+    if "attention_block" in fusions:
+        reasons["attention_block"] = shared or _attention_reason(layer)
+    mlp_shared = shared or _mlp_reason(layer)
+    mlp = None
+    for fusion in (f for f in fusions if f in MLP_FUSIONS):
+        reason = mlp_shared or _MLP_REASONS[fusion](layer)
+        reasons[fusion] = reason
         if reason is None:
-            return fusion, reasons
-        reasons.append(reason)
-    return None, reasons
+            mlp = fusion
+            break
+    return reasons, mlp
 
 
 def _autograd_or_training(layer: GPTNeoXLayer, hidden_states: torch.Tensor) -> bool:
@@ -215,10 +320,7 @@ def _autograd_or_training(layer: GPTNeoXLayer, hidden_states: torch.Tensor) -> b
         return True
     if not torch.is_grad_enabled():
         return False
-    mlp, norm = layer.mlp, layer.post_attention_layernorm
-    params = (norm.weight, norm.bias, mlp.dense_h_to_4h.weight, mlp.dense_h_to_4h.bias, mlp.dense_4h_to_h.weight,
-              mlp.dense_4h_to_h.bias)
-    return hidden_states.requires_grad or any(p is not None and p.requires_grad for p in params)
+    return hidden_states.requires_grad or any(p.requires_grad for p in layer.parameters())
 
 
 _WARNED: set = set()
@@ -231,8 +333,21 @@ def _warn_once(reason: str, runs: str) -> None:
         warnings.warn(f"clusterfusion.hf: a patched layer runs {runs}: {reason}", stacklevel=3)
 
 
-def _runs(fusion: str | None) -> str:
-    return "HuggingFace's forward" if fusion is None else _FUSION_OPS[fusion]
+def _fallbacks(reasons: dict[str, str | None], mlp: str | None) -> list[tuple[str, str]]:
+    """(reason, what runs instead) for each requested fusion that cannot serve a layer."""
+    attention_served = reasons.get("attention_block", "") is None
+    out = []
+    for fusion, reason in reasons.items():
+        if reason is None:
+            continue
+        if not attention_served and mlp is None:
+            runs = "HuggingFace's forward"
+        elif fusion in MLP_FUSIONS:
+            runs = _FUSION_OPS[mlp] if mlp is not None else "HuggingFace's MLP branch"
+        else:
+            runs = "HuggingFace's attention"
+        out.append((reason, runs))
+    return out
 
 
 # ---- the patched forward ----------------------------------------------------------
@@ -253,36 +368,55 @@ def _patched_forward(
     position_embeddings=None,
     **kwargs,
 ):
-    """GPTNeoXLayer.forward (parallel residual) with the MLP branch, or its down
-    projection, bias and residual adds, done by one clusterfusion op: the most
-    fused of the layer's fusions that computes what HuggingFace would;
-    HuggingFace's forward when none does."""
-    fusion = None
+    """GPTNeoXLayer.forward (parallel residual) with its attention branch and its
+    MLP branch (or the MLP's down projection, bias and residual adds) each done by
+    a clusterfusion op where one computes what HuggingFace would; HuggingFace's
+    code for a branch none serves, and its whole forward when neither is served."""
+    cache, mlp = None, None
     if not _autograd_or_training(layer, hidden_states):
-        fusion, reasons = _choose_fusion(layer, layer.__dict__.get(_LAYER_FUSIONS, FUSIONS))
-        for reason in dict.fromkeys(reasons):
-            _warn_once(reason, _runs(fusion))
-    if fusion is None:
+        fusions = layer.__dict__.get(_LAYER_FUSIONS, FUSIONS)
+        reasons, mlp = _static_reasons(layer, fusions)
+        for reason, runs in _fallbacks(reasons, mlp):
+            _warn_once(reason, runs)
+        if "attention_block" in reasons and reasons["attention_block"] is None:
+            cache, reason = _attention_call(layer, hidden_states, attention_mask, layer_past, position_embeddings)
+            if reason is not None:
+                _warn_once(reason, "HuggingFace's attention" if mlp is not None else "HuggingFace's forward")
+    if cache is None and mlp is None:
         return _huggingface_forward(layer)(
             hidden_states, attention_mask, position_ids, use_cache, layer_past, position_embeddings, **kwargs
         )
-    attn_output, _ = layer.attention(
-        layer.input_layernorm(hidden_states),
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        layer_past=layer_past,
-        use_cache=use_cache,
-        position_embeddings=position_embeddings,
-        **kwargs,
-    )
-    mlp, norm = layer.mlp, layer.post_attention_layernorm
-    up, down = mlp.dense_h_to_4h, mlp.dense_4h_to_h
-    if fusion == "mlp_block":
+    if cache is not None:
+        attention, norm = layer.attention, layer.input_layernorm
+        qkv, dense = attention.query_key_value, attention.dense
+        cos, sin = position_embeddings
+        attn_output = attention_block(
+            hidden_states, norm.weight, norm.bias, qkv.weight, qkv.bias, dense.weight, dense.bias, cos, sin,
+            cache.keys, cache.values, cache.cumulative_length, attention_mask, norm.eps,
+        )
+        cache.cumulative_length.add_(1)  # as StaticLayer.update advances it
+    else:
+        attn_output, _ = layer.attention(
+            layer.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            layer_past=layer_past,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+    mlp_module, norm = layer.mlp, layer.post_attention_layernorm
+    up, down = mlp_module.dense_h_to_4h, mlp_module.dense_4h_to_h
+    if mlp == "mlp_block":
         return mlp_block_residual(
             hidden_states, attn_output, norm.weight, norm.bias, up.weight, up.bias, down.weight, down.bias, norm.eps
         )
-    intermediate = mlp.act(up(norm(hidden_states)))
-    return mlp_down_residual(hidden_states, attn_output, intermediate, down.weight, down.bias)
+    if mlp == "mlp_down":
+        intermediate = mlp_module.act(up(norm(hidden_states)))
+        return mlp_down_residual(hidden_states, attn_output, intermediate, down.weight, down.bias)
+    attn_output = layer.post_attention_dropout(attn_output)
+    mlp_output = layer.post_mlp_dropout(mlp_module(norm(hidden_states)))
+    return mlp_output + attn_output + hidden_states
 
 
 def _is_patched_forward(forward) -> bool:
@@ -309,17 +443,19 @@ def is_patched(layer: torch.nn.Module) -> bool:
 class PatchReport(list):
     """What :func:`patch_model` did: the indices of the layers a fusion serves as
     the model is now (in eval mode), as a list, and in :attr:`by_fusion` which
-    fusion serves which of them (a key per requested fusion)."""
+    fusions serve which of them (a key per requested fusion; ``attention_block``
+    serves the decode steps with a ``StaticCache``)."""
 
     def __init__(self, by_fusion: dict[str, list[int]]):
-        super().__init__(sorted(i for indices in by_fusion.values() for i in indices))
+        super().__init__(sorted({i for indices in by_fusion.values() for i in indices}))
         #: fusion name -> indices of the layers it serves
         self.by_fusion = by_fusion
 
 
 def patch_model(model: torch.nn.Module, fusions="auto") -> PatchReport:
-    """Routes each GPT-NeoX decoder layer's MLP branch through the most fused of
-    ``fusions`` that computes what HuggingFace would (see the module's documentation).
+    """Routes each GPT-NeoX decoder layer's attention branch through the attention
+    block op and its MLP branch through the most fused of the MLP fusions, where
+    they compute what HuggingFace would (see the module's documentation).
 
     Patches layer instances (not the class), so other models are unaffected, and
     keeps any forward another library installed on a layer (accelerate's, say),
@@ -327,13 +463,14 @@ def patch_model(model: torch.nn.Module, fusions="auto") -> PatchReport:
     patched; one warning line per reason names the layers a requested fusion
     cannot serve as the model is now, and what runs them instead (a lesser
     fusion, or HuggingFace's code until that changes). Training mode is decided
-    per call and is not reported. Patching again is harmless and takes the new
-    ``fusions``.
+    per call and is not reported, and so is what the attention block needs of a
+    call (one new token with a ``StaticCache``): prefills run HuggingFace's
+    attention without a warning. Patching again is harmless and takes the new ``fusions``.
 
     Args:
         model: a ``GPTNeoXForCausalLM`` or ``GPTNeoXModel``.
-        fusions: ``"auto"`` (every fusion, most fused first) or a name or
-            selection of :data:`FUSIONS` (``"mlp_block"``, ``"mlp_down"``).
+        fusions: ``"auto"`` (every fusion) or a name or selection of
+            :data:`FUSIONS` (``"attention_block"``, ``"mlp_block"``, ``"mlp_down"``).
 
     Returns:
         A :class:`PatchReport`: the served layers' indices, and which fusion serves each.
@@ -341,12 +478,13 @@ def patch_model(model: torch.nn.Module, fusions="auto") -> PatchReport:
     Raises:
         TypeError: ``model`` holds no GPTNeoXLayer.
         ValueError: ``fusions`` names no known fusion.
-        RuntimeError: the installed transformers changed GPTNeoXLayer.forward.
+        RuntimeError: the installed transformers changed GPTNeoXLayer.forward, or (for
+            ``attention_block``) GPTNeoXAttention.forward or its static cache layer.
     """
     chosen = parse_fusions(fusions, "clusterfusion.hf.patch_model")
     if not chosen:
         raise ValueError("clusterfusion.hf.patch_model: argument 'fusions' must name at least one fusion; got None")
-    _check_transformers_layer()
+    _check_transformers_layer(chosen)
     by_fusion: dict[str, list[int]] = {f: [] for f in chosen}
     skipped: dict[tuple[str, str], list[int]] = {}
     for index, layer in enumerate(_layers(model)):
@@ -354,11 +492,12 @@ def patch_model(model: torch.nn.Module, fusions="auto") -> PatchReport:
             layer.__dict__[_PREVIOUS_FORWARD] = layer.__dict__.get("forward")
             layer.forward = functools.partial(_patched_forward, layer)
         layer.__dict__[_LAYER_FUSIONS] = chosen
-        fusion, reasons = _choose_fusion(layer, chosen)
-        if fusion is not None:
-            by_fusion[fusion].append(index)
-        for reason in dict.fromkeys(reasons):  # fusions may fail for the same reason
-            skipped.setdefault((reason, _runs(fusion)), []).append(index)
+        reasons, mlp = _static_reasons(layer, chosen)
+        for fusion, reason in reasons.items():
+            if reason is None:
+                by_fusion[fusion].append(index)
+        for reason, runs in dict.fromkeys(_fallbacks(reasons, mlp)):  # fusions may fail for the same reason
+            skipped.setdefault((reason, runs), []).append(index)
     _WARNED.update(skipped)  # said here; the forward need not say it again
     for (reason, runs), indices in skipped.items():
         warnings.warn(

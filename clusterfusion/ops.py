@@ -14,6 +14,10 @@ from . import _C
 from ._tuning import current_tuning
 
 __all__ = [
+    "attention_block",
+    "attention_block_plan",
+    "attention_block_unsupported_reason",
+    "AttentionBlockPlan",
     "mlp_block_residual",
     "mlp_block_residual_plan",
     "mlp_block_residual_unsupported_reason",
@@ -240,15 +244,132 @@ def mlp_block_residual_plan(
     """
     if plan is None:
         plan = current_tuning().block_plan
-    fields = torch.ops.clusterfusion.mlp_block_residual_plan(up_weight, down_weight, m, plan=plan)
-    half = len(MlpDownPlan._fields)
-    return MlpBlockPlan(MlpDownPlan(*fields[:half]), MlpDownPlan(*fields[half:]))
+    return _plan_pair(MlpBlockPlan, torch.ops.clusterfusion.mlp_block_residual_plan(up_weight, down_weight, m, plan=plan))
 
 
 def mlp_block_residual_unsupported_reason(up_weight: torch.Tensor, down_weight: torch.Tensor) -> str | None:
     """Why :func:`mlp_block_residual` would reject these weights on their device,
     or ``None`` (as :func:`mlp_down_residual_unsupported_reason`)."""
     return torch.ops.clusterfusion.mlp_block_residual_unsupported_reason(up_weight, down_weight) or None
+
+
+def attention_block(
+    hidden_states: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor | None,
+    qkv_weight: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    dense_weight: torch.Tensor,
+    dense_bias: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    cache_position: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    plan: str | None = None,
+    pdl: bool | None = None,
+) -> torch.Tensor:
+    """GPT-NeoX's attention branch for one new token, with its KV-cache append.
+
+    For the token ``hidden_states`` at position ``p = cache_position``:
+
+    1. ``q, k, v`` from ``query_key_value(layer_norm(hidden_states))`` (HuggingFace's
+       ``input_layernorm`` with ``ln_weight``, ``ln_bias``, ``eps``), the projection's
+       output viewed as ``[heads, 3 * head_dim]`` (each head's q, k, v contiguous);
+    2. the rotary embedding on the first ``rotary_dims = cos.shape[-1]`` dims of q
+       and k (``rotate_half`` convention, HuggingFace's ``cos``/``sin`` for ``p``);
+    3. ``key_cache[0, :, p] = k`` and ``value_cache[0, :, p] = v``, in place;
+    4. softmax attention of q over positions ``0..p`` (not the whole cache), scale
+       ``head_dim ** -0.5``, fp32 softmax, plus the optional mask row;
+    5. ``dense(attn) + dense_bias``: the branch's output, the ``attn_output`` the
+       MLP ops take.
+
+    q, k, v, the rotated q and k and the attention output are rounded to the input
+    dtype (as HuggingFace's layers store them); accumulations are fp32. Workers that
+    split a long context meet in a fixed order: results are bitwise reproducible.
+
+    Args:
+        hidden_states: one token of one sequence, ``[..., hidden]`` (e.g. ``[1, 1, hidden]``).
+        ln_weight, ln_bias: ``[hidden]`` (``ln_bias`` may be ``None``).
+        qkv_weight: ``[3 * hidden, hidden]``, ``query_key_value.weight`` as stored;
+            ``qkv_bias``: ``[3 * hidden]`` or ``None``.
+        dense_weight: ``[hidden, hidden]``; ``dense_bias``: ``[hidden]`` or ``None``.
+        cos, sin: ``[..., rotary_dims]`` holding one row, as HuggingFace's rotary
+            module returns them for the position (``rotary_dims`` even, at most ``head_dim``).
+        key_cache, value_cache: ``[1, heads, max_len, head_dim]`` contiguous
+            (HuggingFace's ``StaticCache`` layer tensors); written at ``p``.
+        cache_position: int64 tensor holding ``p`` (0-d or ``[1]``), on the weights'
+            device; the CUDA kernels read it on the device, so a CUDA graph
+            replays correctly as it advances.
+        attention_mask: ``None`` or one row ``[..., max_len]``: bool (``True``
+            attends) or additive (float32 or the input dtype), as HuggingFace
+            builds it for one new token.
+        eps: the LayerNorm's epsilon.
+        plan: ``"auto"`` or ``"QKV;DENSE"``, each ``"auto"`` or
+            ``"BLOCK_N:CLUSTER[:STAGES]"``; ``None`` takes the enclosing
+            :func:`clusterfusion.tuning` block's ``attention_plan``.
+        pdl: programmatic dependent launch; ``None`` takes the enclosing setting.
+
+    Returns:
+        A new tensor shaped like ``hidden_states``.
+
+    Supported inputs:
+        * CUDA, compute capability 9.0 or 12.0, fp16 or bf16; ``head_dim`` 64, 80,
+          96 or 128; ``hidden`` a multiple of 8. A position outside
+          ``[0, max_len)`` cannot be checked without reading it on the host: the
+          kernels then write nothing to the caches and return NaN.
+        * CPU, fp32, fp64, fp16 or bf16: the ATen composite (fp16/bf16 in fp32);
+          an out-of-range position raises ``ValueError``.
+
+    With a gradient needed the op runs as the ATen composite (reading the
+    position on the host), so gradients flow as through HuggingFace's code.
+
+    Raises:
+        ValueError: shapes that do not match (weights, caches, rotary tables,
+            mask), a head layout the kernels do not serve, mixed devices,
+            non-contiguous caches, a negative ``eps`` or a malformed ``plan``.
+        TypeError: mixed or unsupported dtypes, a non-int64 ``cache_position``.
+        RuntimeError: a GPU this build has no code for, or a pinned plan that does not fit it.
+    """
+    tuning = current_tuning()
+    return torch.ops.clusterfusion.attention_block(
+        hidden_states, ln_weight, ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias, cos, sin, key_cache,
+        value_cache, cache_position, attention_mask, eps,
+        plan=tuning.attention_plan if plan is None else plan, pdl=tuning.pdl if pdl is None else pdl,
+    )
+
+
+class AttentionBlockPlan(NamedTuple):
+    """The two launch plans of :func:`attention_block`: the QKV projection and the
+    output projection (each as :class:`MlpDownPlan`)."""
+
+    qkv: MlpDownPlan
+    dense: MlpDownPlan
+
+
+def attention_block_plan(
+    qkv_weight: torch.Tensor, dense_weight: torch.Tensor, *, plan: str | None = None
+) -> AttentionBlockPlan:
+    """The launch plans :func:`attention_block` uses for these weights.
+
+    Raises:
+        ValueError: CPU weights, weights the kernels cannot stream or a malformed ``plan``.
+        RuntimeError: as :func:`attention_block`.
+    """
+    if plan is None:
+        plan = current_tuning().attention_plan
+    return _plan_pair(AttentionBlockPlan, torch.ops.clusterfusion.attention_block_plan(qkv_weight, dense_weight, plan=plan))
+
+
+def attention_block_unsupported_reason(
+    qkv_weight: torch.Tensor, dense_weight: torch.Tensor, head_dim: int
+) -> str | None:
+    """Why :func:`attention_block` would reject these weights and head size on
+    their device, or ``None`` (as :func:`mlp_down_residual_unsupported_reason`)."""
+    return torch.ops.clusterfusion.attention_block_unsupported_reason(qkv_weight, dense_weight, head_dim) or None
 
 
 def pythia_2b8_mlp_only(
@@ -291,6 +412,12 @@ def pythia_6b9_mlp_only(
     return torch.ops.clusterfusion.pythia_6b9_mlp_only(
         hidden_states, attn_output, mlp_intermediate, mlp_down_weight, mlp_down_bias
     )
+
+
+def _plan_pair(kind, fields):
+    """A block op's two GEMV plans from the fields its plan query returns, one after the other."""
+    half = len(MlpDownPlan._fields)
+    return kind(MlpDownPlan(*fields[:half]), MlpDownPlan(*fields[half:]))
 
 
 def _check_devices(op: str, like: tuple[str, torch.Tensor], **tensors) -> None:
@@ -343,5 +470,28 @@ def _mlp_block_residual_fake(hidden_states, attn_output, ln_weight, ln_bias, up_
     torch._check(
         attn_output.shape == hidden_states.shape,
         lambda: f"attn_output must match hidden_states {tuple(hidden_states.shape)}; got {tuple(attn_output.shape)}",
+    )
+    return torch.empty_like(hidden_states, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("clusterfusion::attention_block")
+def _attention_block_fake(hidden_states, ln_weight, ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias, cos, sin,
+                          key_cache, value_cache, cache_position, attention_mask=None, eps=1e-5, *, plan="auto",
+                          pdl=True):
+    # The caches are written in place (the schema says so); the result is new.
+    _check_devices("clusterfusion.attention_block", ("qkv_weight", qkv_weight),
+                   hidden_states=hidden_states, ln_weight=ln_weight, ln_bias=ln_bias, qkv_bias=qkv_bias,
+                   dense_weight=dense_weight, dense_bias=dense_bias, cos=cos, sin=sin, key_cache=key_cache,
+                   value_cache=value_cache, cache_position=cache_position, attention_mask=attention_mask)
+    torch._check(qkv_weight.dim() == 2, lambda: f"qkv_weight must be 2-D [3 * hidden, hidden]; got {tuple(qkv_weight.shape)}")
+    hidden = qkv_weight.shape[1]
+    torch._check(
+        hidden_states.shape[-1] == hidden and hidden_states.numel() == hidden,
+        lambda: f"hidden_states must hold one token [..., {hidden}]; got {tuple(hidden_states.shape)}",
+    )
+    torch._check(
+        key_cache.dim() == 4 and tuple(value_cache.shape) == tuple(key_cache.shape),
+        lambda: f"key_cache and value_cache must be [1, heads, max_len, head_dim] alike; got "
+        f"{tuple(key_cache.shape)} and {tuple(value_cache.shape)}",
     )
     return torch.empty_like(hidden_states, memory_format=torch.contiguous_format)

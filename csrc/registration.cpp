@@ -26,6 +26,18 @@ TORCH_LIBRARY(clusterfusion, m) {
       "str plan=\"auto\", bool pdl=True) -> Tensor");
   m.def("mlp_block_residual_unsupported_reason(Tensor up_weight, Tensor down_weight) -> str");
   m.def("mlp_block_residual_plan(Tensor up_weight, Tensor down_weight, int m, *, str plan=\"auto\") -> int[]");
+  // ops/attention_block: GPT-NeoX's attention branch for one new token (batch 1):
+  // dense(attention(rotary(query_key_value(layer_norm(hidden_states))))) + dense_bias,
+  // appending this token's key and value to the caches at cache_position (a
+  // device scalar) and attending over positions 0..cache_position. `plan` pins
+  // both launch plans ("auto" or "QKV;DENSE").
+  m.def(
+      "attention_block(Tensor hidden_states, Tensor ln_weight, Tensor? ln_bias, Tensor qkv_weight, "
+      "Tensor? qkv_bias, Tensor dense_weight, Tensor? dense_bias, Tensor cos, Tensor sin, Tensor(a!) key_cache, "
+      "Tensor(b!) value_cache, Tensor cache_position, Tensor? attention_mask=None, float eps=1e-05, *, "
+      "str plan=\"auto\", bool pdl=True) -> Tensor");
+  m.def("attention_block_unsupported_reason(Tensor qkv_weight, Tensor dense_weight, int head_dim) -> str");
+  m.def("attention_block_plan(Tensor qkv_weight, Tensor dense_weight, *, str plan=\"auto\") -> int[]");
   // The original project's entry points (composite).
   m.def(
       "pythia_2b8_mlp_only(Tensor hidden_states, Tensor attn_output, Tensor mlp_intermediate, "

@@ -170,7 +170,7 @@ def test_bad_construction():
     with pytest.raises(ValueError, match="'max_length' must be an int >= 2"):
         Decoder(_model(), max_length=1)
     with pytest.raises(ValueError, match="'fusions' must be None, \"auto\" or a selection"):
-        Decoder(_model(), fusions=("attention_block",))
+        Decoder(_model(), fusions=("attention",))
     with pytest.raises(ValueError, match="training mode"):
         Decoder(_model().train())
     decoder = Decoder(_model(), max_length=16)

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from transformers import DynamicCache, StaticCache  # noqa: E402
 
 import clusterfusion.hf as cf_hf  # noqa: E402
-from clusterfusion.hf import is_patched, patch_model, unpatch_model  # noqa: E402
+from clusterfusion.hf import is_patched, patch_model, patched, unpatch_model  # noqa: E402
 from conftest import gpt_neox_model as _model, gpu, rel_err  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def _logits(model, ids):
 
 @pytest.fixture
 def op_calls(monkeypatch):
-    """The patched forward's calls of the ops, by name ("mlp_block" or "mlp_down")."""
+    """The patched forward's calls of the ops, by name ("attention_block", "mlp_block" or "mlp_down")."""
     calls = []
 
     def counting(name, real):
@@ -43,6 +44,7 @@ def op_calls(monkeypatch):
 
         return op
 
+    monkeypatch.setattr(cf_hf, "attention_block", counting("attention_block", cf_hf.attention_block))
     monkeypatch.setattr(cf_hf, "mlp_block_residual", counting("mlp_block", cf_hf.mlp_block_residual))
     monkeypatch.setattr(cf_hf, "mlp_down_residual", counting("mlp_down", cf_hf.mlp_down_residual))
     return calls
@@ -76,8 +78,8 @@ def test_lora_on_the_down_projection_is_honoured(order, op_calls):
     else:
         model = _lora(model, "dense_4h_to_h")
         expected = _logits(model, ids)
-        with pytest.warns(UserWarning, match=r"3 layer\(s\) 0-2 run HuggingFace's forward: LoRA adapter on dense_4h_to_h"):
-            assert patch_model(model) == []
+        with pytest.warns(UserWarning, match=r"3 layer\(s\) 0-2 run HuggingFace's MLP branch: LoRA adapter on dense_4h_to_h"):
+            assert patch_model(model).by_fusion == {"attention_block": [0, 1, 2], "mlp_block": [], "mlp_down": []}
         got = _logits(model, ids)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     with model.disable_adapter():
@@ -138,8 +140,9 @@ def test_hooks_on_what_only_the_block_bypasses_leave_the_layer_to_the_down_op(wh
         module.register_forward_hook(lambda m, a, o: fired.append(1) or o * 2)
     with pytest.warns(UserWarning, match=f"3 layer\\(s\\) 0-2 run the MLP-down op: hooks on {where}"):
         report = patch_model(model)
-    assert report == [0, 1, 2] and report.by_fusion == {"mlp_block": [], "mlp_down": [0, 1, 2]}
-    got = _logits(model, ids)
+    assert report == [0, 1, 2]
+    assert report.by_fusion == {"attention_block": [0, 1, 2], "mlp_block": [], "mlp_down": [0, 1, 2]}
+    got = _logits(model, ids)  # a prefill: HuggingFace's attention
     assert op_calls == ["mlp_down"] * 3 and len(fired) == 3
     unpatch_model(model)
     torch.testing.assert_close(got, _logits(model, ids), rtol=1e-5, atol=1e-5)
@@ -225,8 +228,8 @@ def test_unpatch_restores_another_forward():
 def test_meta_weights_fall_back_with_a_named_reason():
     model = _model()
     model.gpt_neox.layers[2].mlp.dense_4h_to_h.to("meta")
-    with pytest.warns(UserWarning, match=r"1 layer\(s\) 2 run HuggingFace's forward: weights not materialized"):
-        assert patch_model(model) == [0, 1]
+    with pytest.warns(UserWarning, match=r"1 layer\(s\) 2 run HuggingFace's MLP branch: weights not materialized"):
+        assert patch_model(model).by_fusion == {"attention_block": [0, 1, 2], "mlp_block": [0, 1], "mlp_down": []}
 
 
 def test_op_refuses_meta_mixed_with_real_tensors():
@@ -360,3 +363,103 @@ def test_patched_model_compiles_without_graph_breaks(fusions, op_calls):
         got = torch.compile(model)(ids).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert set(op_calls) == {fusions}
+
+
+# ---- the attention block --------------------------------------------------------------
+
+
+@torch.no_grad()
+def _static_decode(model, prompt, steps, max_len=24):
+    """Prefill then greedy decode steps with a StaticCache: each step's logits, and the cache."""
+    cache = StaticCache(config=model.config, max_cache_len=max_len)
+    logits = model(prompt, past_key_values=cache, use_cache=True).logits[:, -1]
+    out = [logits]
+    for _ in range(steps):
+        logits = model(logits.argmax(-1, keepdim=True), past_key_values=cache, use_cache=True).logits[:, -1]
+        out.append(logits)
+    return torch.stack(out), cache
+
+
+def test_attention_block_serves_static_cache_decode_steps(op_calls):
+    model = _model()
+    prompt = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(7))
+    expected, expected_cache = _static_decode(model, prompt, 6)
+    with patched(model) as report:
+        assert report.by_fusion["attention_block"] == [0, 1, 2]
+        got, cache = _static_decode(model, prompt, 6)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert op_calls.count("attention_block") == 3 * 6  # every decode step; the prefill is HuggingFace's
+    assert op_calls.count("mlp_block") == 3 * 7
+    assert int(cache.get_seq_length()) == int(expected_cache.get_seq_length()) == 11
+    for ours, theirs in zip(cache.layers, expected_cache.layers):
+        torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours.values, theirs.values, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_attention_block_leaves_dynamic_caches_and_batches_to_huggingface(op_calls):
+    model = _model()
+    patch_model(model)
+    with pytest.warns(UserWarning, match="HuggingFace's attention: the cache layer is a DynamicLayer"):
+        model(torch.tensor([[3]]), past_key_values=DynamicCache(config=model.config), use_cache=True)
+    prompt = torch.randint(0, 128, (2, 4))
+    cache = StaticCache(config=model.config, max_cache_len=8)
+    model(prompt, past_key_values=cache, use_cache=True)
+    with pytest.warns(UserWarning, match=r"HuggingFace's attention: batch 2 \(the attention block decodes batch 1\)"):
+        model(prompt[:, :1], past_key_values=cache, use_cache=True)
+    assert "attention_block" not in op_calls
+
+
+@pytest.mark.parametrize("where", ["query_key_value", "dense", "input_layernorm", "attention"])
+def test_hooks_on_the_attention_branch_leave_it_to_huggingface(where, op_calls):
+    model = _model()
+    prompt = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(8))
+    fired = []
+    for layer in model.gpt_neox.layers:
+        module = getattr(layer, where, None) or getattr(layer.attention, where)
+        module.register_forward_hook(lambda m, a, o: fired.append(1) or None)
+    expected, _ = _static_decode(model, prompt, 3)
+    fired.clear()
+    with pytest.warns(UserWarning, match=f"3 layer\\(s\\) 0-2 run HuggingFace's attention: hooks on {where}"):
+        patch_model(model)
+    got, _ = _static_decode(model, prompt, 3)
+    assert "attention_block" not in op_calls and op_calls.count("mlp_block") == 12 and len(fired) == 12
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fails_loudly_when_the_attention_or_its_cache_api_changes(monkeypatch):
+    from transformers.models.gpt_neox import modeling_gpt_neox
+
+    def changed(self, hidden_states, attention_mask, past_key_values=None, position_embeddings=None, **kwargs):
+        return hidden_states, None
+
+    monkeypatch.setattr(modeling_gpt_neox.GPTNeoXAttention, "forward", changed)
+    with pytest.raises(RuntimeError, match=r"changed GPTNeoXAttention.forward .* fusions=\(\"mlp_block\",\)"):
+        patch_model(_model())
+    assert patch_model(_model(), fusions=("mlp_block",)) == [0, 1, 2]  # the MLP fusions do not depend on it
+
+
+def test_static_cache_decode_steps_compile_without_graph_breaks(op_calls):
+    """The Decoder's step: a fresh static cache's first call, then decode steps after a prefill."""
+    model = _model()
+    prompt = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(9))
+    patch_model(model)
+    expected, _ = _static_decode(model, prompt, 3)
+    cache = StaticCache(config=model.config, max_cache_len=24)
+
+    def step(token):
+        return model(token, past_key_values=cache, use_cache=True).logits[:, -1]
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        for _ in range(2):  # uninitialized cache, then a decode step
+            explained = torch._dynamo.explain(step)(torch.tensor([[1]]))
+            assert explained.graph_break_count == 0, explained.break_reasons
+        torch._dynamo.reset()
+        cache.reset()
+        compiled = torch.compile(step)
+        got = [model(prompt, past_key_values=cache, use_cache=True).logits[:, -1]]
+        for _ in range(3):
+            got.append(compiled(got[-1].argmax(-1, keepdim=True)))
+    torch.testing.assert_close(torch.stack(got), expected, rtol=1e-5, atol=1e-5)
+    assert "attention_block" in op_calls

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <tuple>
@@ -180,6 +181,22 @@ PlanOverride parse_plan(const char* op, const std::string& text, const char* arg
                     Tile::kMaxStages, "]; got \"", text, "\"");
   if (fields == 2) o.stages = 0;
   return o;
+}
+
+PlanPair parse_plan_pair(const char* op, const std::string& text, const char* first, const char* second) {
+  if (text.empty() || text == "auto") return {};
+  const size_t split = text.find(';');
+  TORCH_CHECK_VALUE(split != std::string::npos, op, ": argument 'plan' must be \"auto\" or \"", first, ";", second,
+                    "\", each \"auto\" or \"BLOCK_N:CLUSTER[:STAGES]\" (the two projections' plans); got \"",
+                    text, "\"");
+  auto arg = [](std::string name) {  // "plan (up)" for "UP"
+    std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+    return "plan (" + name + ")";
+  };
+  const std::string first_arg = arg(first);
+  const std::string second_arg = arg(second);
+  return {parse_plan(op, text.substr(0, split), first_arg.c_str()),
+          parse_plan(op, text.substr(split + 1), second_arg.c_str())};
 }
 
 const LaunchPlan& plan_for(const char* op, const KernelQueries& kernel, const DeviceModel& device,

@@ -25,6 +25,14 @@ struct PlanOverride {
 // Parses one plan ("" or "auto": no pin). Raises ValueError naming `arg`.
 PlanOverride parse_plan(const char* op, const std::string& text, const char* arg = "plan");
 
+// The plans of an op's two projections: "auto", or "FIRST;SECOND" with each a
+// plan as parse_plan takes it (`first`, `second`: the projections' names in messages).
+struct PlanPair {
+  PlanOverride first;
+  PlanOverride second;
+};
+PlanPair parse_plan_pair(const char* op, const std::string& text, const char* first, const char* second);
+
 // What the planner asks of one epilogue's instantiations of the kernel (gemv::Kernels<E>::queries()).
 struct KernelQueries {
   // Lets the instantiation for (kind, m_tiles) use `smem_bytes` of dynamic shared memory.

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -61,6 +62,15 @@ inline void check_residuals(const char* op, const at::Tensor& hidden_states, con
   TORCH_CHECK_VALUE(attn_output.sizes() == hidden_states.sizes(), op,
                     ": argument 'attn_output' must have the shape of hidden_states ", hidden_states.sizes(),
                     "; got shape ", attn_output.sizes());
+}
+
+// An optional 1-D operand (a LayerNorm vector, a bias) of `size` elements;
+// `what` names the size in messages.
+inline void check_vector(const char* op, const char* arg, const std::optional<at::Tensor>& t, int64_t size,
+                         const char* what) {
+  if (!t.has_value()) return;
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == size, op, ": argument '", arg, "' must have shape [", size, "] (",
+                    what, "); got shape ", t->sizes());
 }
 
 // A 2-D operand the Tensor Memory Accelerator streams as stored: unit stride

@@ -19,12 +19,6 @@ struct Shape {
   int64_t ffn;
 };
 
-inline void check_vector(const char* arg, const std::optional<at::Tensor>& t, int64_t size, const char* what) {
-  if (!t.has_value()) return;
-  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == size, kOp, ": argument '", arg, "' must have shape [", size,
-                    "] (", what, "); got shape ", t->sizes());
-}
-
 inline Shape check_args(const at::Tensor& hidden_states, const at::Tensor& attn_output, const at::Tensor& ln_weight,
                         const std::optional<at::Tensor>& ln_bias, const at::Tensor& up_weight,
                         const std::optional<at::Tensor>& up_bias, const at::Tensor& down_weight,
@@ -42,10 +36,10 @@ inline Shape check_args(const at::Tensor& hidden_states, const at::Tensor& attn_
                     "] ([hidden, ffn], HuggingFace's dense_4h_to_h.weight, matching up_weight's [ffn, hidden] = [",
                     ffn, ", ", hidden, "]); got shape ", down_weight.sizes());
   check_residuals(kOp, hidden_states, attn_output, hidden, "up_weight.shape[1]");
-  check_vector("ln_weight", ln_weight, hidden, "hidden");
-  check_vector("ln_bias", ln_bias, hidden, "hidden");
-  check_vector("up_bias", up_bias, ffn, "ffn");
-  check_vector("down_bias", down_bias, hidden, "hidden");
+  check_vector(kOp, "ln_weight", ln_weight, hidden, "hidden");
+  check_vector(kOp, "ln_bias", ln_bias, hidden, "hidden");
+  check_vector(kOp, "up_bias", up_bias, ffn, "ffn");
+  check_vector(kOp, "down_bias", down_bias, hidden, "hidden");
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, kOp, ": argument 'eps' must be finite and >= 0; got ", eps);
   auto optional = [](const std::optional<at::Tensor>& t) { return t.has_value() ? &*t : nullptr; };
   check_like(kOp, {"up_weight", &up_weight},

@@ -5,7 +5,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
-#include "pins.h"
+#include "gemv/plan.h"
 #include "reference.h"
 
 namespace clusterfusion::mlp_block {
@@ -19,7 +19,7 @@ at::Tensor mlp_block_residual_cpu(const at::Tensor& hidden_states, const at::Ten
                                   const at::Tensor& down_weight, const std::optional<at::Tensor>& down_bias,
                                   double eps, c10::string_view plan, bool /*pdl*/) {
   check_args(hidden_states, attn_output, ln_weight, ln_bias, up_weight, up_bias, down_weight, down_bias, eps);
-  parse_pins(plan);
+  gemv::parse_plan_pair(kOp, std::string(plan.data(), plan.size()), "UP", "DOWN");
   check_dtype_allowed(kOp, "up_weight", up_weight, kCpuDtypes, "CPU");
   const at::ScalarType dtype = up_weight.scalar_type();
   if (dtype == at::kFloat || dtype == at::kDouble) {

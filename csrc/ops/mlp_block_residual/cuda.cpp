@@ -19,17 +19,23 @@
 #include "../../host/tensors.h"
 #include "../mlp_down_residual/run.h"
 #include "checks.h"
+#include "gemv/bias_projection.h"
 #include "gemv/operands.h"
-#include "launch.h"
-#include "pins.h"
+#include "layer_norm/launch.h"
+#include "layer_norm/run.h"
 #include "reference.h"
 
 namespace clusterfusion::mlp_block {
 namespace {
 
+using gemv::Activation;
 using gemv::LaunchPlan;
 using gemv::PlanOverride;
 using gemv::Tile;
+
+gemv::PlanPair parse_pins(c10::string_view plan) {
+  return gemv::parse_plan_pair(kOp, std::string(plan.data(), plan.size()), "UP", "DOWN");
+}
 
 const std::initializer_list<at::ScalarType> kCudaDtypes = {at::kHalf, at::kBFloat16};
 
@@ -44,14 +50,9 @@ void check_weights(const at::Tensor& up_weight, const at::Tensor& down_weight) {
   check_like(kOp, {"up_weight", &up_weight}, {{"down_weight", &down_weight}});
   check_tma_streamable(kOp, "up_weight", up_weight, "hidden");
   check_tma_streamable(kOp, "down_weight", down_weight, "ffn");
-  TORCH_CHECK_VALUE(up_weight.size(1) <= max_layer_norm_features(), kOp, ": hidden = up_weight.shape[1] must be at most ",
-                    max_layer_norm_features(), " (the LayerNorm kernel's row); got ", up_weight.size(1));
-}
-
-const LaunchPlan& up_plan(const at::Tensor& up_weight, int64_t m, const PlanOverride& pin) {
-  const gemv::Problem problem{scalar_kind(up_weight), gemv::m_tiles_for(static_cast<int>(m)), up_weight.size(0),
-                              up_weight.size(1)};
-  return gemv::plan_for(kOp, up_kernel_queries(), device_model(up_weight.device().index()), problem, pin);
+  TORCH_CHECK_VALUE(up_weight.size(1) <= layer_norm::max_features(), kOp,
+                    ": hidden = up_weight.shape[1] must be at most ", layer_norm::max_features(),
+                    " (the LayerNorm kernel's row); got ", up_weight.size(1));
 }
 
 std::string unsupported_reason_cuda(const at::Tensor& up_weight, const at::Tensor& down_weight) {
@@ -60,7 +61,8 @@ std::string unsupported_reason_cuda(const at::Tensor& up_weight, const at::Tenso
     const c10::cuda::CUDAGuard guard(up_weight.device());
     const DeviceModel& device = device_model(up_weight.device().index());
     check_device_supported(kOp, device,
-                           up_kernel_queries().configure(scalar_kind(up_weight), 1, device.smem_per_block_optin));
+                           gemv::bias_projection_queries(Activation::kExactGelu)
+                               .configure(scalar_kind(up_weight), 1, device.smem_per_block_optin));
   });
 }
 
@@ -70,11 +72,11 @@ std::vector<int64_t> plan_cuda(const at::Tensor& up_weight, const at::Tensor& do
   check_weights(up_weight, down_weight);
   TORCH_CHECK_VALUE(m >= 1 && m <= Tile::kMaxM, kOp, ": argument 'm' must be in [1, ", Tile::kMaxM,
                     "] (tokens served by the fused kernels); got ", m);
-  const Pins pins = parse_pins(plan);
+  const gemv::PlanPair pins = parse_pins(plan);
   const c10::cuda::CUDAGuard guard(up_weight.device());
-  std::vector<int64_t> fields = gemv::plan_fields(up_plan(up_weight, m, pins.up));
-  const std::vector<int64_t> down =
-      gemv::plan_fields(mlp_down::plan_of(kOp, down_weight, m, pins.down));
+  std::vector<int64_t> fields =
+      gemv::plan_fields(gemv::projection_plan(kOp, Activation::kExactGelu, up_weight, m, pins.first));
+  const std::vector<int64_t> down = gemv::plan_fields(mlp_down::plan_of(kOp, down_weight, m, pins.second));
   fields.insert(fields.end(), down.begin(), down.end());
   return fields;
 }
@@ -87,7 +89,7 @@ at::Tensor mlp_block_residual_cuda(const at::Tensor& hidden_states, const at::Te
   const Shape shape =
       check_args(hidden_states, attn_output, ln_weight, ln_bias, up_weight, up_bias, down_weight, down_bias, eps);
   check_weights(up_weight, down_weight);
-  const Pins pins = parse_pins(plan);
+  const gemv::PlanPair pins = parse_pins(plan);
   const c10::cuda::CUDAGuard guard(up_weight.device());
 
   if (shape.m > Tile::kMaxM) {
@@ -98,32 +100,16 @@ at::Tensor mlp_block_residual_cuda(const at::Tensor& hidden_states, const at::Te
 
   const at::Tensor hidden = contiguous_aligned(hidden_states.reshape({shape.m, shape.hidden}));
   const at::Tensor attn = attn_output.reshape({shape.m, shape.hidden}).contiguous();
-  const at::Tensor gamma = contiguous_aligned(ln_weight);
-  const std::optional<at::Tensor> beta =
-      ln_bias.has_value() ? std::optional<at::Tensor>(contiguous_aligned(*ln_bias)) : std::nullopt;
   const std::optional<at::Tensor> b_up =
       up_bias.has_value() ? std::optional<at::Tensor>(up_bias->contiguous()) : std::nullopt;
   const std::optional<at::Tensor> b_down =
       down_bias.has_value() ? std::optional<at::Tensor>(down_bias->contiguous()) : std::nullopt;
   const at::Tensor normalized = at::empty({shape.m, shape.hidden}, hidden.options());
   const at::Tensor intermediate = at::empty({shape.m, shape.ffn}, hidden.options());
-  const ScalarKind kind = scalar_kind(up_weight);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-
-  C10_CUDA_CHECK(launch_layer_norm(kind, hidden.data_ptr(), gamma.data_ptr(),
-                                   beta.has_value() ? beta->data_ptr() : nullptr, normalized.data_ptr(),
-                                   static_cast<int>(shape.m), static_cast<int>(shape.hidden), static_cast<float>(eps),
-                                   pdl, stream));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const LaunchPlan& plan_up = up_plan(up_weight, shape.m, pins.up);
-  C10_CUDA_CHECK(launch_up(kind, gemv::m_tiles_for(static_cast<int>(shape.m)),
-                           gemv::weight_tensor_map(up_weight, plan_up), gemv::input_tensor_map(normalized),
-                           gemv::params_for(shape.m, shape.ffn, shape.hidden, plan_up),
-                           UpArgs{b_up.has_value() ? b_up->data_ptr() : nullptr, intermediate.data_ptr()}, plan_up,
-                           pdl, stream));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  layer_norm::run(hidden, ln_weight, ln_bias, normalized, eps, pdl);
+  gemv::run_bias_projection(kOp, Activation::kExactGelu, normalized, up_weight, b_up, intermediate, pins.first, pdl);
   mlp_down::run_down(kOp, hidden, attn, intermediate, down_weight, b_down, out.view({shape.m, shape.hidden}),
-                     pins.down, pdl);
+                     pins.second, pdl);
   return out;
 }
 

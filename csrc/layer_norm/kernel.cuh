@@ -1,7 +1,8 @@
-// The MLP block's LayerNorm: one CTA per token normalizes its row of the
-// layer's input with fp32 statistics (mean, then the mean squared deviation,
-// both from registers) and rounds once to T. It lets the up projection launch
-// as soon as it starts, so the up kernel's weight prefetch hides it. No torch headers.
+// The LayerNorm that opens each block op: one CTA per token normalizes its row
+// of the layer's input with fp32 statistics (mean, then the mean squared
+// deviation, both from registers) and rounds once to T. It lets the next kernel
+// (a projection) launch as soon as it starts, so that kernel's weight prefetch
+// hides it. No torch headers.
 #pragma once
 
 #include <cstddef>
@@ -10,8 +11,9 @@
 #include "clusterfusion/device/numeric.cuh"
 #include "clusterfusion/device/pdl.cuh"
 #include "clusterfusion/device/reduce.cuh"
+#include "clusterfusion/device/vector.cuh"
 
-namespace clusterfusion::mlp_block {
+namespace clusterfusion::layer_norm {
 
 // 16-byte vectors of eight 16-bit values each thread holds: a row of k
 // features takes k / 8 vectors over at most kMaxLayerNormThreads threads.
@@ -19,27 +21,22 @@ constexpr int kLayerNormVectorsPerThread = 4;
 constexpr int kMaxLayerNormThreads = 1024;
 constexpr int kMaxLayerNormFeatures = 8 * kLayerNormVectorsPerThread * kMaxLayerNormThreads;
 
-template <typename T>
-union Vector8 {
-  uint4 raw;
-  T v[8];
-};
-
-template <typename T>
-__device__ __forceinline__ Vector8<T> load_vector(const T* p) {
-  Vector8<T> v;
-  v.raw = *reinterpret_cast<const uint4*>(p);
-  return v;
-}
-
 // grid = m, block = enough threads for k / 8 vectors at kLayerNormVectorsPerThread each.
 // x, weight, bias, out: 16-byte aligned; k a multiple of 8; bias may be null.
+// The first CTA also zeroes clear[0, clear_count): counters a later kernel of
+// the op's chain needs zeroed (the chain's kernels wait for this one).
 template <typename T>
-__global__ void layer_norm_kernel(const T* x, const T* weight, const T* bias, T* out, int k, float eps) {
+__global__ void layer_norm_kernel(const T* x, const T* weight, const T* bias, T* out, int k, float eps, int* clear,
+                                  int clear_count) {
+  using device::load_vector;
   using device::to_float;
+  using device::Vector8;
   __shared__ float partials[kMaxLayerNormThreads / 32 + 1];
   device::grid_dependency_launch_dependents();
   device::grid_dependency_wait();  // x may come from the previous kernel
+  if (blockIdx.x == 0) {
+    for (int i = threadIdx.x; i < clear_count; i += blockDim.x) clear[i] = 0;
+  }
 
   const size_t row = static_cast<size_t>(blockIdx.x) * k;
   const int vectors = k / 8;
@@ -77,8 +74,8 @@ __global__ void layer_norm_kernel(const T* x, const T* weight, const T* bias, T*
       const float shift = bias != nullptr ? to_float(b[i].v[j]) : 0.f;
       normalized.v[j] = device::from_float<T>((to_float(in[i].v[j]) - mean) * rstd * to_float(w[i].v[j]) + shift);
     }
-    *reinterpret_cast<uint4*>(out + row + v * 8) = normalized.raw;
+    device::store_vector(out + row + v * 8, normalized);
   }
 }
 
-}  // namespace clusterfusion::mlp_block
+}  // namespace clusterfusion::layer_norm
