@@ -30,7 +30,7 @@ layer decides on every call which fusions can serve it, and runs HuggingFace's
 code for a branch none can serve (HuggingFace's whole forward when neither is served):
 
 * in training mode, and whenever autograd needs the layer's gradients (grad
-  mode on and the input or a parameter of the MLP branch requires grad);
+  mode on and the input or a parameter of the layer requires grad);
 * when a module a fusion bypasses (``attention``, its linears, ``input_layernorm``;
   ``mlp``, its linears and activation, ``post_attention_layernorm``; the two
   dropouts) carries hooks, an adapter (a PEFT LoRA wrapper), an accelerate hook,
