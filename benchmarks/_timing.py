@@ -5,6 +5,8 @@ add that writes a block's input), eager host cost, and the card's streaming-read
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import statistics
 import sys
 import time
@@ -72,6 +74,29 @@ def print_markdown_table(columns, rows) -> None:
     print("|" + "---|" * len(columns))
     for r in rows:
         print("| " + " | ".join(fmt.format(r[key]) if key in r else "-" for _, key, fmt in columns) + " |")
+
+
+def launch_tuning(args, setting: str):
+    """The ``clusterfusion.tuning`` block that ``--plan`` (for the tuning setting
+    `setting`) and ``--no-pdl`` ask for; a no-op when neither is given."""
+    import clusterfusion
+
+    if args.plan is None and args.pdl:
+        return contextlib.nullcontext()
+    return clusterfusion.tuning(**{setting: args.plan}, pdl=args.pdl)
+
+
+def print_row(row: dict, skip=()) -> None:
+    """One measured row as a JSON line, floats rounded, without the keys in `skip`."""
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k not in skip}),
+          flush=True)
+
+
+def save_results(args, card, ceiling, probes, results, **extra) -> None:
+    """The run's JSON at ``--json``: the card, its read ceiling, the tuning flags, `extra` and the rows."""
+    with open(args.json, "w") as f:
+        json.dump(dict(card=card, read_ceiling_tbs=ceiling, read_probes_tbs=probes, torch=torch.__version__,
+                       plan=args.plan, pdl=args.pdl, **extra, results=results), f, indent=1)
 
 
 def host_us(fn, layer, calls=200):

@@ -25,15 +25,14 @@ at the read ceiling. The caches hold ``--max-len`` positions (default 2048, as a
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
 
 import torch
 import torch.nn.functional as F
 
 import clusterfusion
-from _timing import add_common_arguments, after_residual, graph_us, print_markdown_table, residual_only, start
+from _timing import (add_common_arguments, after_residual, graph_us, launch_tuning, print_markdown_table, print_row,
+                     residual_only, save_results, start)
 
 # hidden, heads, rotary_dims
 SHAPES = {"2.8b": (2560, 32, 20), "6.9b": (4096, 32, 32)}
@@ -156,10 +155,8 @@ def main(argv=None) -> int:
 
     compiled = {"branch": torch.compile(huggingface_branch, dynamic=False),
                 "in_context": torch.compile(after_residual(huggingface_branch), dynamic=False)}
-    tuning = (clusterfusion.tuning(attention_plan=args.plan, pdl=args.pdl)
-              if args.plan is not None or not args.pdl else contextlib.nullcontext())
     results = []
-    with tuning:
+    with launch_tuning(args, "attention_plan"):
         for shape in args.shapes:
             hidden, heads, rotary = SHAPES[shape]
             for dname in args.dtypes:
@@ -171,12 +168,9 @@ def main(argv=None) -> int:
                     element = torch.finfo(dtype).bits // 8
                     add_ratios(row, ceiling, (4 * hidden * hidden + 2 * context * hidden) * element)
                     results.append(row)
-                    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
-                          flush=True)
+                    print_row(row)
 
-    with open(args.json, "w") as f:
-        json.dump(dict(card=card, read_ceiling_tbs=ceiling, read_probes_tbs=probes, torch=torch.__version__,
-                       plan=args.plan, pdl=args.pdl, max_len=args.max_len, results=results), f, indent=1)
+    save_results(args, card, ceiling, probes, results, max_len=args.max_len)
     print_table(results, card, ceiling, args.max_len)
     return 0
 

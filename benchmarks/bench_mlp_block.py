@@ -28,15 +28,14 @@ Bandwidth counts both weights. Speedups are against the faster PyTorch arm.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
 
 import torch
 import torch.nn.functional as F
 
 import clusterfusion
-from _timing import add_common_arguments, after_residual, graph_us, print_markdown_table, residual_only, start
+from _timing import (add_common_arguments, after_residual, graph_us, launch_tuning, print_markdown_table, print_row,
+                     residual_only, save_results, start)
 
 SHAPES = {"2.8b": (2560, 10240), "6.9b": (4096, 16384)}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -135,10 +134,8 @@ def main(argv=None) -> int:
 
     compiled = {"block": torch.compile(pytorch_block, dynamic=False),
                 "in_context": torch.compile(after_residual(pytorch_block), dynamic=False)}
-    tuning = (clusterfusion.tuning(block_plan=args.plan, pdl=args.pdl)
-              if args.plan is not None or not args.pdl else contextlib.nullcontext())
     results = []
-    with tuning:
+    with launch_tuning(args, "block_plan"):
         for shape in args.shapes:
             hidden, ffn = SHAPES[shape]
             for dname in args.dtypes:
@@ -154,14 +151,11 @@ def main(argv=None) -> int:
                     row.update(measure_row(args, weights, m, dtype, compiled))
                     add_ratios(row, ceiling, weight_bytes)
                     results.append(row)
-                    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()
-                                      if k != "plan"}), flush=True)
+                    print_row(row, skip=("plan",))
                 del weights
                 torch.cuda.empty_cache()
 
-    with open(args.json, "w") as f:
-        json.dump(dict(card=card, read_ceiling_tbs=ceiling, read_probes_tbs=probes, torch=torch.__version__,
-                       plan=args.plan, pdl=args.pdl, results=results), f, indent=1)
+    save_results(args, card, ceiling, probes, results)
     print_table(results, card, ceiling)
     return 0
 

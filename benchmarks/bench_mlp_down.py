@@ -27,15 +27,13 @@ table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
 
 import torch
 import torch.nn.functional as F
 
 import clusterfusion
-from _timing import add_common_arguments, eager_us, graph_us, host_us, start
+from _timing import add_common_arguments, eager_us, graph_us, host_us, launch_tuning, print_row, save_results, start
 
 SHAPES = {"2.8b": (2560, 10240), "6.9b": (4096, 16384)}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -168,15 +166,10 @@ def main(argv=None) -> int:
         return 1
     card, ceiling, probes = started
 
-    tuning = (
-        clusterfusion.tuning(plan=args.plan, pdl=args.pdl)
-        if args.plan is not None or not args.pdl
-        else contextlib.nullcontext()
-    )
     compiled = torch.compile(pytorch_layer, dynamic=False) if "compile" in args.arms else None
     compiled_in_context = torch.compile(after_gelu(pytorch_layer), dynamic=False) if "compile" in args.arms else None
     results = []
-    with tuning:
+    with launch_tuning(args, "plan"):
         for shape in args.shapes:
             hidden, ffn = SHAPES[shape]
             for dname in args.dtypes:
@@ -192,14 +185,12 @@ def main(argv=None) -> int:
                     row.update(measure_row(args, layers, context_layers, compiled, compiled_in_context))
                     add_ratios(row, ceiling, layer_bytes(hidden, ffn, m, dtype))
                     results.append(row)
-                    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+                    print_row(row)
                     del layers, context_layers
                 del weights
                 torch.cuda.empty_cache()
 
-    with open(args.json, "w") as f:
-        json.dump(dict(card=card, read_ceiling_tbs=ceiling, read_probes_tbs=probes, torch=torch.__version__, plan=args.plan, pdl=args.pdl,
-                       results=results), f, indent=1)
+    save_results(args, card, ceiling, probes, results)
     print_table(results, card, ceiling)
     return 0
 
