@@ -70,21 +70,12 @@ def _greedy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _sample(logits: torch.Tensor, sampling: _Sampling, index: torch.Tensor) -> torch.Tensor:
-    """Temperature, then top-k (0: off) and top-p over the sorted distribution, then
-    the inverse of the kept tokens' cumulative distribution at the token's uniform:
-    no host synchronization, reproducible from the seed."""
-    scores = logits.float() / sampling.temperature
-    # Stable, so that among equal scores the first comes first, as argmax picks it: top_k=1 is greedy.
-    sorted_scores, order = scores.sort(dim=-1, descending=True, stable=True)
-    probs = sorted_scores.softmax(-1)
-    cumulative = probs.cumsum(-1)
-    # Both rules keep a prefix of the sorted tokens, at least the first.
-    top_k = torch.where(sampling.top_k > 0, sampling.top_k, probs.shape[-1])
-    by_mass = (cumulative - probs < sampling.top_p).sum(-1, keepdim=True)
-    kept = torch.minimum(by_mass, top_k).clamp_(min=1)
-    target = sampling.uniforms.index_select(0, index) * cumulative.gather(-1, kept - 1)
-    choice = torch.minimum((cumulative <= target).sum(-1, keepdim=True), kept - 1)
-    return order.gather(-1, choice)
+    """Temperature, top-k (0: off) and top-p, then the draw at the token's uniform,
+    in one kernel (see :func:`clusterfusion.sample_tokens`): no host
+    synchronization, reproducible from the seed."""
+    uniform = sampling.uniforms.index_select(0, index)
+    tokens = torch.ops.clusterfusion.sample_tokens(logits, uniform, sampling.temperature, sampling.top_k, sampling.top_p)
+    return tokens.view(-1, 1)
 
 
 class _Request(NamedTuple):

@@ -27,6 +27,7 @@ __all__ = [
     "mlp_down_residual_unsupported_reason",
     "pythia_2b8_mlp_only",
     "pythia_6b9_mlp_only",
+    "sample_tokens",
     "MlpDownPlan",
     "MAX_FUSED_ROWS",
 ]
@@ -372,6 +373,74 @@ def attention_block_unsupported_reason(
     return torch.ops.clusterfusion.attention_block_unsupported_reason(qkv_weight, dense_weight, head_dim) or None
 
 
+def sample_tokens(
+    logits: torch.Tensor,
+    uniform: torch.Tensor | float | None = None,
+    *,
+    temperature: torch.Tensor | float = 1.0,
+    top_k: torch.Tensor | int = 0,
+    top_p: torch.Tensor | float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row of ``logits``: temperature, top-k and top-p, then a draw
+    from the kept tokens, in one kernel without a sort or a host synchronization.
+
+    Tokens rank by ``logits / temperature``, highest first (ties: lower index
+    first). The kept tokens are the shortest prefix of the ranking that holds
+    ``top_k`` tokens or ``top_p`` of the probability (at least one token); the
+    result is the first kept token at which the kept tokens' running
+    probability, renormalized, exceeds ``uniform``. With a fixed ``uniform``
+    the result is a function of the inputs, the same on every run and device:
+    probabilities are summed as integers (``exp(score - max score)`` in fixed
+    point with ``64 - 2 * bits(vocab)`` fraction bits, 32 for a 50k
+    vocabulary), so sums do not depend on their order and the CPU backend
+    picks the same tokens as the CUDA kernel.
+
+    Args:
+        logits: ``[..., vocab]``, fp16, bf16 or fp32 (CPU also fp64, rounded to
+            fp32); each row is one distribution.
+        uniform: the draw in ``[0, 1)``, one value or one per row; ``None``
+            draws one per row with ``torch.rand`` (from ``generator``).
+        temperature: ``> 0``; a value that is not (only possible in a tensor)
+            picks the highest-ranked token.
+        top_k: keep at most this many tokens; ``0`` (or less): no limit.
+        top_p: keep the fewest top tokens whose probability reaches ``top_p``;
+            ``1``: no limit.
+        generator: for ``uniform=None``.
+
+    Every setting is a number or a tensor of one value or one per row
+    (``uniform``, ``temperature``, ``top_p``: float32, ``top_k``: int64) on the
+    device of ``logits``; tensor settings are read on the device, so one CUDA
+    graph serves every setting.
+
+    Returns:
+        ``torch.long`` tokens shaped ``logits.shape[:-1]``.
+    """
+    device = logits.device
+    if uniform is None:
+        rows = logits.shape[:-1].numel() if logits.dim() > 0 else 1
+        source = generator.device if generator is not None else device
+        uniform = torch.rand(rows, generator=generator, device=source).to(device)
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if not isinstance(value, torch.Tensor) and not value > 0:
+            raise ValueError(f"clusterfusion.sample_tokens: argument '{name}' must be > 0; got {value!r}")
+    if not isinstance(top_p, torch.Tensor) and top_p > 1:
+        raise ValueError(f"clusterfusion.sample_tokens: argument 'top_p' must be in (0, 1]; got {top_p!r}")
+    if not isinstance(top_k, torch.Tensor) and not isinstance(top_k, int):
+        raise TypeError(f"clusterfusion.sample_tokens: argument 'top_k' must be an int or a tensor; got {top_k!r}")
+
+    def setting(value, dtype):
+        return value if isinstance(value, torch.Tensor) else torch.full((1,), value, dtype=dtype, device=device)
+
+    return torch.ops.clusterfusion.sample_tokens(
+        logits,
+        setting(uniform, torch.float32),
+        setting(temperature, torch.float32),
+        setting(top_k, torch.long),
+        setting(top_p, torch.float32),
+    )
+
+
 def pythia_2b8_mlp_only(
     hidden_states: torch.Tensor,
     attn_output: torch.Tensor,
@@ -495,3 +564,11 @@ def _attention_block_fake(hidden_states, ln_weight, ln_bias, qkv_weight, qkv_bia
         f"{tuple(key_cache.shape)} and {tuple(value_cache.shape)}",
     )
     return torch.empty_like(hidden_states, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("clusterfusion::sample_tokens")
+def _sample_tokens_fake(logits, uniform, temperature, top_k, top_p):
+    _check_devices("clusterfusion.sample_tokens", ("logits", logits),
+                   uniform=uniform, temperature=temperature, top_k=top_k, top_p=top_p)
+    torch._check(logits.dim() >= 1, lambda: f"logits must be [..., vocab]; got {tuple(logits.shape)}")
+    return logits.new_empty(logits.shape[:-1], dtype=torch.long)

@@ -38,6 +38,11 @@ TORCH_LIBRARY(clusterfusion, m) {
       "str plan=\"auto\", bool pdl=True) -> Tensor");
   m.def("attention_block_unsupported_reason(Tensor qkv_weight, Tensor dense_weight, int head_dim) -> str");
   m.def("attention_block_plan(Tensor qkv_weight, Tensor dense_weight, *, str plan=\"auto\") -> int[]");
+  // ops/sample_tokens: one token per row of logits [..., vocab]: temperature, the
+  // kept prefix of the ranking (top_k tokens or top_p of the probability), then
+  // the kept token where the running probability passes uniform (see rules.h).
+  // Every setting holds one value or one per row, read on the device.
+  m.def("sample_tokens(Tensor logits, Tensor uniform, Tensor temperature, Tensor top_k, Tensor top_p) -> Tensor");
   // The original project's entry points (composite).
   m.def(
       "pythia_2b8_mlp_only(Tensor hidden_states, Tensor attn_output, Tensor mlp_intermediate, "

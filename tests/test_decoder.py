@@ -59,49 +59,6 @@ def test_top_k_1_is_greedy_and_sampling_repeats_with_a_seed():
     assert not torch.equal(first, greedy)
 
 
-def test_sampling_draws_from_the_distribution_and_respects_top_k_and_top_p():
-    from clusterfusion.decoder import _Sampling, _sample
-
-    sampling = _Sampling("cpu", max_length=4000)
-    logits = torch.log(torch.tensor([[0.05, 0.5, 0.3, 0.15]]))
-
-    def draws(n=4000):
-        return torch.cat([_sample(logits, sampling, torch.tensor([i])) for i in range(n)]).flatten()
-
-    sampling.set(1.0, 0, 1.0, seed=11)
-    freq = torch.bincount(draws(), minlength=4).double() / 4000
-    assert (freq - torch.tensor([0.05, 0.5, 0.3, 0.15], dtype=torch.double)).abs().max() < 0.03
-    sampling.set(1.0, 0, 0.75, seed=12)  # 0.5 + 0.3 reach it: tokens 1 and 2 only
-    assert set(draws(300).tolist()) == {1, 2}
-    sampling.set(1.0, 3, 1.0, seed=13)  # top-3: never token 0
-    assert set(draws(300).tolist()) == {1, 2, 3}
-    sampling.set(1.0, 0, 1.0, seed=11)
-    assert torch.equal(draws(50), draws(50))  # keyed by seed and index: reproducible
-
-
-@pytest.mark.parametrize(
-    "top_k, top_p, expected",
-    [
-        (0, 1.0, [0.05, 0.5, 0.3, 0.15]),
-        (0, 0.75, [0.0, 0.5 / 0.8, 0.3 / 0.8, 0.0]),  # renormalized over the nucleus
-        (3, 1.0, [0.0, 0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95]),
-        (1, 0.75, [0.0, 1.0, 0.0, 0.0]),
-        (0, 0.01, [0.0, 1.0, 0.0, 0.0]),  # the most likely token is always kept
-    ],
-)
-def test_sampling_inverts_the_kept_distribution(top_k, top_p, expected):
-    from clusterfusion.decoder import _Sampling, _sample
-
-    n = 2000
-    sampling = _Sampling("cpu", max_length=n)
-    sampling.set(1.0, top_k, top_p, seed=0)
-    sampling.uniforms.copy_((torch.arange(n) + 0.5) / n)  # evenly spaced: the frequencies are exact to 1 / n
-    logits = torch.log(torch.tensor([[0.05, 0.5, 0.3, 0.15]]))
-    tokens = torch.cat([_sample(logits, sampling, torch.tensor([i])) for i in range(n)]).flatten()
-    freq = torch.bincount(tokens, minlength=4).double() / n
-    assert (freq - torch.tensor(expected, dtype=torch.double)).abs().max() <= 2 / n
-
-
 def test_uniforms_are_uniform():
     from clusterfusion.decoder import _uniform
 
