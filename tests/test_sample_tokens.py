@@ -1,6 +1,7 @@
 """clusterfusion.sample_tokens: the kept set and the draw against a float64
 reference, the frequencies it samples, the CUDA kernel against the CPU backend
-(the same tokens, bit for bit), CUDA graphs, the op contract and bad input."""
+(the same tokens, bit for bit), CUDA graphs, the op contract, bad input and rows
+that cannot be sampled (CUDA: token -1, CPU: ValueError)."""
 
 from __future__ import annotations
 
@@ -99,18 +100,18 @@ def test_top_k_1_and_non_positive_temperature_pick_the_first_maximum(device, dty
     logits = torch.randint(-3, 3, (rows, vocab)).to(dtype).to(device)  # many tied maxima: the first wins
     first_max = logits.float().argmax(-1).cpu()
     assert torch.equal(clusterfusion.sample_tokens(logits, top_k=1).cpu(), first_max)
-    settings = _settings(rows, device, temperature=torch.tensor([0.0, -1.0, float("nan"), 0.0]).repeat(4))
+    settings = _settings(rows, device, temperature=torch.tensor([0.0, -1.0, float("-inf"), 0.0]).repeat(4))
     assert torch.equal(OP(logits, *settings).cpu(), first_max)
 
 
 @pytest.mark.parametrize("device", _devices())
-def test_ties_rank_by_index_and_dead_rows_pick_the_first_token(device):
+def test_ties_rank_by_index(device):
     # Four tokens of equal probability, then nothing: top_p = 0.5 keeps the first two by index.
-    logits = torch.full((3, 64), float("-inf"))
-    logits[:2, [40, 3, 17, 9]] = 0.0
-    uniform = torch.tensor([0.1, 0.9, 0.5])
+    logits = torch.full((2, 64), float("-inf"))
+    logits[:, [40, 3, 17, 9]] = 0.0
+    uniform = torch.tensor([0.1, 0.9])
     tokens = clusterfusion.sample_tokens(logits.to(device), uniform.to(device), top_p=0.5).cpu()
-    assert tokens.tolist() == [3, 9, 0]  # the third row has no probability anywhere
+    assert tokens.tolist() == [3, 9]
 
 
 @gpu
@@ -126,7 +127,7 @@ def test_cuda_picks_the_cpu_backends_tokens(dtype, vocab, spread):
         logits[0, : vocab // 2] = float("-inf")
     settings = _settings(rows, "cpu", temperature=torch.rand(rows) * 2 + 0.05,
                          top_k=torch.randint(0, 3, (rows,)) * torch.randint(0, 100, (rows,)),
-                         top_p=torch.where(torch.rand(rows) < 0.3, torch.ones(rows), torch.rand(rows)))
+                         top_p=torch.where(torch.rand(rows) < 0.3, torch.ones(rows), 1 - torch.rand(rows)))
     expected = OP(logits, *settings)
     got = OP(logits.cuda(), *(s.cuda() for s in settings))
     assert torch.equal(got.cpu(), expected)
@@ -155,7 +156,7 @@ def test_settings_are_read_on_the_device_inside_a_cuda_graph():
     with torch.cuda.graph(graph):
         out = OP(logits, *settings)
     for _ in range(5):
-        for s, value in zip(settings, (torch.rand(()), torch.rand(()) + 0.2, torch.randint(0, 50, ()), torch.rand(()))):
+        for s, value in zip(settings, (torch.rand(()), torch.rand(()) + 0.2, torch.randint(0, 50, ()), 1 - torch.rand(()))):
             s.fill_(value)
         logits.normal_().mul_(4)
         out.fill_(-1)
@@ -198,11 +199,21 @@ def test_bad_arguments_name_the_argument(change, error, message):
         (dict(top_p=0.0), ValueError, "'top_p' must be > 0"),
         (dict(top_p=1.5), ValueError, r"'top_p' must be in \(0, 1\]"),
         (dict(top_k=2.0), TypeError, "'top_k' must be an int or a tensor"),
+        (dict(uniform=1.0), ValueError, r"'uniform' must be in \[0, 1\) as float32; got 1.0"),
+        (dict(uniform=1 - 2**-26), ValueError, r"'uniform' must be in \[0, 1\) as float32; got 0.99999998"),
+        (dict(uniform=-0.25), ValueError, r"'uniform' must be in \[0, 1\) as float32; got -0.25"),
+        (dict(uniform=float("nan")), ValueError, r"'uniform' must be in \[0, 1\) as float32; got nan"),
+        (dict(temperature=-1.0), ValueError, "'temperature' must be > 0 as float32; got -1.0"),
+        (dict(temperature=float("nan")), ValueError, "'temperature' must be > 0 as float32; got nan"),
+        (dict(top_p=1e-50), ValueError, "'top_p' must be > 0 as float32; got 1e-50"),
+        (dict(top_p=float("nan")), ValueError, "'top_p' must be > 0 as float32; got nan"),
+        (dict(top_p=float("inf")), ValueError, r"'top_p' must be in \(0, 1\]; got inf"),
     ],
 )
 def test_bad_settings_name_the_setting(kwargs, error, message):
+    # The op itself would refuse these logits ("holds a NaN"): the wrapper checks its numbers first.
     with pytest.raises(error, match=message):
-        clusterfusion.sample_tokens(torch.zeros(2, 10), **kwargs)
+        clusterfusion.sample_tokens(torch.full((2, 10), float("nan")), **kwargs)
 
 
 @gpu
@@ -211,3 +222,183 @@ def test_settings_on_another_device_are_refused():
     with pytest.raises(ValueError, match="'top_p' is on cpu; expected cuda:0 like 'logits'"):
         OP(logits, torch.zeros(1, device="cuda"), torch.ones(1, device="cuda"),
            torch.zeros(1, dtype=torch.long, device="cuda"), torch.ones(1))
+
+
+# Rows that cannot be sampled. Each logit fault: where in a row of `vocab` tokens, the
+# value it writes there (for the row's dtype) and the CPU backend's reason.
+NAN = float("nan")
+INF = float("inf")
+NEGATIVE_NAN_BITS = {torch.float16: (torch.int16, 0xFE00), torch.bfloat16: (torch.int16, 0xFFC0),
+                     torch.float32: (torch.int32, 0xFFC00000), torch.float64: (torch.int64, 0xFFF8000000000000)}
+
+
+def _negative_nan(dtype):
+    """A NaN with the sign bit set: its order key lies below -inf's, where a maximum misses it."""
+    int_dtype, bits = NEGATIVE_NAN_BITS[dtype]
+    width = torch.iinfo(int_dtype).bits
+    return torch.tensor(bits - (1 << width), dtype=int_dtype).view(dtype)
+
+
+LOGIT_FAULTS = {
+    "nan-first": (lambda vocab: 0, lambda dtype: NAN, "holds a NaN"),
+    "nan-middle": (lambda vocab: vocab // 2, lambda dtype: NAN, "holds a NaN"),
+    "nan-last": (lambda vocab: vocab - 1, lambda dtype: NAN, "holds a NaN"),
+    "negative-nan": (lambda vocab: vocab // 2, _negative_nan, "holds a NaN"),
+    "plus-inf": (lambda vocab: vocab // 3, lambda dtype: INF, r"holds \+inf"),
+    "all-minus-inf": (lambda vocab: slice(None), lambda dtype: -INF, "has no finite logit"),
+}
+
+# Each settings fault: the setting, its value in the bad row, the CPU backend's message.
+SETTING_FAULTS = {
+    "uniform-1": ("uniform", 1.0, r"argument 'uniform' must be in \[0, 1\); got 1 for row {row}"),
+    "uniform-negative": ("uniform", -0.25, r"argument 'uniform' must be in \[0, 1\); got -0.25 for row {row}"),
+    "uniform-nan": ("uniform", NAN, r"argument 'uniform' must be in \[0, 1\); got nan for row {row}"),
+    "temperature-nan": ("temperature", NAN, r"argument 'temperature' must not be NaN; got nan for row {row}"),
+    "top_p-0": ("top_p", 0.0, r"argument 'top_p' must be in \(0, 1\]; got 0 for row {row}"),
+    "top_p-negative": ("top_p", -0.5, r"argument 'top_p' must be in \(0, 1\]; got -0.5 for row {row}"),
+    "top_p-above-1": ("top_p", 1.5, r"argument 'top_p' must be in \(0, 1\]; got 1.5 for row {row}"),
+    "top_p-nan": ("top_p", NAN, r"argument 'top_p' must be in \(0, 1\]; got nan for row {row}"),
+}
+SETTING_INDEX = {"uniform": 0, "temperature": 1, "top_p": 3}
+
+
+def _sampleable(rows, vocab, dtype):
+    """Logits and per-row settings (tensors on the CPU) of rows that can all be sampled."""
+    logits = (torch.randn(rows, vocab) * 3).to(dtype)
+    settings = _settings(rows, "cpu", temperature=torch.rand(rows) + 0.3, top_k=torch.randint(0, 40, (rows,)),
+                         top_p=1 - torch.rand(rows) * 0.5)
+    return logits, settings
+
+
+def _spoil_logits(logits, row, fault):
+    where, value, _ = LOGIT_FAULTS[fault]
+    logits[row, where(logits.shape[-1])] = value(logits.dtype)
+
+
+def _spoil_setting(settings, row, fault):
+    name, value, _ = SETTING_FAULTS[fault]
+    settings[SETTING_INDEX[name]][row] = value
+
+
+def test_the_negative_nan_helper_sets_the_sign_bit():
+    for dtype, (int_dtype, bits) in NEGATIVE_NAN_BITS.items():
+        value = _negative_nan(dtype)
+        assert torch.isnan(value) and value.view(int_dtype).item() % (1 << torch.iinfo(int_dtype).bits) == bits
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("fault", list(LOGIT_FAULTS))
+def test_cpu_raises_for_logits_that_cannot_be_sampled(dtype, fault):
+    logits, settings = _sampleable(5, 1000, dtype)
+    _spoil_logits(logits, 3, fault)
+    with pytest.raises(ValueError, match=rf"clusterfusion.sample_tokens: row 3 of 'logits' {LOGIT_FAULTS[fault][2]}"):
+        OP(logits, *settings)
+    _spoil_logits(logits, 1, fault)  # the first such row is named
+    with pytest.raises(ValueError, match=f"row 1 of 'logits' {LOGIT_FAULTS[fault][2]}"):
+        OP(logits, *settings)
+
+
+@pytest.mark.parametrize("fault", list(SETTING_FAULTS))
+def test_cpu_raises_for_settings_out_of_range(fault):
+    logits, settings = _sampleable(5, 1000, torch.float32)
+    _spoil_setting(settings, 3, fault)
+    with pytest.raises(ValueError, match="clusterfusion.sample_tokens: " + SETTING_FAULTS[fault][2].format(row=3)):
+        OP(logits, *settings)
+    name, value, _ = SETTING_FAULTS[fault]
+    one = [s[:1].clone() for s in settings]  # one value for every row: the first row is named
+    one[SETTING_INDEX[name]].fill_(value)
+    with pytest.raises(ValueError, match=SETTING_FAULTS[fault][2].format(row=0)):
+        OP(logits, *one)
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_one_finite_logit_among_minus_inf_is_the_token(device, dtype, where):
+    rows, vocab = 4, 4097
+    index = {"first": 0, "middle": vocab // 2, "last": vocab - 1}[where]
+    logits = torch.full((rows, vocab), -INF, dtype=dtype)
+    logits[:, index] = -5.0
+    settings = _settings(rows, device, temperature=torch.tensor([1.0, 0.0, 0.7, 2.0]),
+                         top_k=torch.tensor([0, 0, 3, 1]), top_p=torch.tensor([1.0, 0.5, 0.9, 1e-3]))
+    assert OP(logits.to(device), *settings).tolist() == [index] * rows
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("vocab", [7, 50304])
+@pytest.mark.parametrize("fault", list(LOGIT_FAULTS))
+def test_cuda_returns_no_token_for_logits_that_cannot_be_sampled(dtype, vocab, fault):
+    # At 50304 tokens a NaN first, in the middle and last lands in the first, a middle and
+    # the last CTA's slice; at 7 every token is in the first CTA's slice, the others are empty.
+    rows, bad = 6, [2, 5]
+    logits, settings = _sampleable(rows, vocab, dtype)
+    for row in bad:
+        _spoil_logits(logits, row, fault)
+    good = [row for row in range(rows) if row not in bad]
+    expected = OP(logits[good], *(s[good] for s in settings))
+    got = OP(logits.cuda(), *(s.cuda() for s in settings)).cpu()
+    assert got[bad].tolist() == [-1] * len(bad)
+    assert torch.equal(got[good], expected)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("fault", list(SETTING_FAULTS))
+def test_cuda_returns_no_token_for_settings_out_of_range(dtype, fault):
+    rows, bad = 6, [0, 3]
+    logits, settings = _sampleable(rows, 50304, dtype)
+    for row in bad:
+        _spoil_setting(settings, row, fault)
+    good = [row for row in range(rows) if row not in bad]
+    expected = OP(logits[good], *(s[good] for s in settings))
+    got = OP(logits.cuda(), *(s.cuda() for s in settings)).cpu()
+    assert got[bad].tolist() == [-1] * len(bad)
+    assert torch.equal(got[good], expected)
+
+
+@gpu
+def test_rows_that_cannot_be_sampled_inside_a_cuda_graph():
+    logits, settings = _sampleable(3, 50304, torch.float16)
+    logits, settings = logits.cuda(), [s.cuda() for s in settings]
+    OP(logits, *settings)  # warm up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = OP(logits, *settings)
+    for row, fault in [(0, "nan-middle"), (1, "uniform-1"), (2, "negative-nan"), (None, None)]:
+        fresh, fresh_settings = _sampleable(3, 50304, torch.float16)
+        if fault in LOGIT_FAULTS:
+            _spoil_logits(fresh, row, fault)
+        elif fault in SETTING_FAULTS:
+            _spoil_setting(fresh_settings, row, fault)
+        logits.copy_(fresh)
+        for s, value in zip(settings, fresh_settings):
+            s.copy_(value)
+        out.fill_(-2)
+        graph.replay()
+        good = [r for r in range(3) if r != row]
+        assert torch.equal(out.cpu()[good], OP(fresh[good], *(s[good] for s in fresh_settings)))
+        if row is not None:
+            assert out[row].item() == -1
+
+
+@gpu
+@pytest.mark.parametrize("fault", list(SETTING_FAULTS))
+def test_cuda_returns_no_token_for_every_row_of_a_shared_bad_setting(fault):
+    logits, settings = _sampleable(4, 1000, torch.float16)
+    name, value, _ = SETTING_FAULTS[fault]
+    one = [s[:1].clone().cuda() for s in settings]
+    one[SETTING_INDEX[name]].fill_(value)
+    assert OP(logits.cuda(), *one).tolist() == [-1] * 4
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_python_settings_at_the_float32_edges_are_sampled(device):
+    logits = torch.randn(3, 1000, device=device) * 3
+    edges = dict(uniform=1 - 2**-24, temperature=2**-149, top_p=2**-149)  # float32's last values in range
+    settings = [torch.tensor([edges[name]], device=device) for name in ("uniform", "temperature")]
+    settings += [torch.zeros(1, dtype=torch.long, device=device), torch.tensor([edges["top_p"]], device=device)]
+    got = clusterfusion.sample_tokens(logits, edges["uniform"], temperature=edges["temperature"], top_p=edges["top_p"])
+    assert got.min() >= 0
+    assert torch.equal(got, OP(logits, *settings))

@@ -43,4 +43,18 @@ inline Shape check_args(const at::Tensor& logits, const at::Tensor& uniform, con
   return {rows, vocab};
 }
 
+// The settings, each flattened to one value or one per row, contiguous.
+struct SettingTensors {
+  at::Tensor uniform;
+  at::Tensor temperature;
+  at::Tensor top_k;
+  at::Tensor top_p;
+};
+
+inline SettingTensors flat_settings(const at::Tensor& uniform, const at::Tensor& temperature,
+                                    const at::Tensor& top_k, const at::Tensor& top_p) {
+  auto flat = [](const at::Tensor& t) { return t.reshape({-1}).contiguous(); };
+  return {flat(uniform), flat(temperature), flat(top_k), flat(top_p)};
+}
+
 }  // namespace clusterfusion::sample_tokens

@@ -1,5 +1,7 @@
 // CUDA backend of clusterfusion::sample_tokens: one launch, the settings read on
 // the device, so it runs inside CUDA-graph capture and replays with new values.
+// Nothing is checked against the values: a row that cannot be sampled
+// (rules.h) gets token -1 from the kernel.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -32,19 +34,16 @@ at::Tensor sample_tokens_cuda(const at::Tensor& logits, const at::Tensor& unifor
   if (shape.rows == 0) return tokens;
   const at::Tensor rows = logits.reshape({shape.rows, shape.vocab});
   const at::Tensor unit = rows.stride(1) == 1 ? rows : rows.contiguous();
-  const at::Tensor u = uniform.reshape({-1}).contiguous();
-  const at::Tensor t = temperature.reshape({-1}).contiguous();
-  const at::Tensor k = top_k.reshape({-1}).contiguous();
-  const at::Tensor p = top_p.reshape({-1}).contiguous();
+  const SettingTensors settings = flat_settings(uniform, temperature, top_k, top_p);
   SampleParams params{};
   params.logits = unit.data_ptr();
   params.row_stride = unit.stride(0);
   params.rows = static_cast<int>(shape.rows);
   params.vocab = static_cast<int>(shape.vocab);
-  params.uniform = row_setting<float>(u);
-  params.temperature = row_setting<float>(t);
-  params.top_k = row_setting<int64_t>(k);
-  params.top_p = row_setting<float>(p);
+  params.uniform = row_setting<float>(settings.uniform);
+  params.temperature = row_setting<float>(settings.temperature);
+  params.top_k = row_setting<int64_t>(settings.top_k);
+  params.top_p = row_setting<float>(settings.top_p);
   params.tokens = tokens.data_ptr<int64_t>();
   C10_CUDA_CHECK(launch(kind, params, at::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -11,7 +11,11 @@
 // decisions. The draw reuses the kept prefix's levels while its key bits are
 // the same. Each CTA first copies its slice to shared memory when it fits (the
 // passes then read it at shared-memory latency), else every pass reads it from
-// global memory. No torch headers.
+// global memory. The pass that finds the highest key also summarizes the
+// logits for the rule of rules.h (a NaN, +inf, no finite logit); every CTA
+// takes the same decision from the cluster's summary and the row's settings,
+// and for a row that cannot be sampled all of them write token -1 and leave
+// together. No torch headers.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -20,6 +24,7 @@
 
 #include <cstdint>
 
+#include "clusterfusion/device/reduce.cuh"
 #include "launch.h"
 #include "rules.h"
 
@@ -35,17 +40,19 @@ constexpr int kDigitBits = 4;
 constexpr int kBuckets = 1 << kDigitBits;
 constexpr int kMergeGroups = kThreads / kBuckets;  // columns summed per thread in the first merge step
 constexpr uint32_t kNoIndex = 0xffffffffu;
+constexpr int64_t kNoToken = -1;  // a row that cannot be sampled (rules.h: row_fault)
 constexpr unsigned kFullWarp = 0xffffffffu;
 static_assert(kBuckets <= 32, "warp 0 scans the buckets, one per lane");
 static_assert(kThreads % kBuckets == 0 && kMergeGroups <= kThreads, "the merge's two steps cover every column");
 
-// Each logit type's own bits are its key.
+// Each logit type's own bits are its key; kInfinity: +inf's bits.
 template <typename Logit>
 struct LogitBits;
 
 template <>
 struct LogitBits<__half> {
   using Key = uint16_t;
+  static constexpr Key kInfinity = 0x7c00;
   __device__ static Key bits(__half x) { return __half_as_ushort(x); }
   __device__ static float value(Key bits) { return __half2float(__ushort_as_half(bits)); }
 };
@@ -53,6 +60,7 @@ struct LogitBits<__half> {
 template <>
 struct LogitBits<__nv_bfloat16> {
   using Key = uint16_t;
+  static constexpr Key kInfinity = 0x7f80;
   __device__ static Key bits(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
   __device__ static float value(Key bits) { return __bfloat162float(__ushort_as_bfloat16(bits)); }
 };
@@ -60,6 +68,7 @@ struct LogitBits<__nv_bfloat16> {
 template <>
 struct LogitBits<float> {
   using Key = uint32_t;
+  static constexpr Key kInfinity = 0x7f800000u;
   __device__ static Key bits(float x) { return __float_as_uint(x); }
   __device__ static float value(Key bits) { return __uint_as_float(bits); }
 };
@@ -168,18 +177,6 @@ __device__ void stage_row(const Logit* source, Logit* staged, int vocab) {
   }
   for (int i = vectors * kPerVector + threadIdx.x; i < vocab; i += kThreads) staged[i] = source[i];
   __syncthreads();
-}
-
-__device__ uint32_t block_max(uint32_t value, uint32_t* partials) {
-  const uint32_t warp_max = __reduce_max_sync(kFullWarp, value);
-  if (threadIdx.x % 32 == 0) partials[threadIdx.x / 32] = warp_max;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    const uint32_t all = __reduce_max_sync(kFullWarp, threadIdx.x < kWarps ? partials[threadIdx.x] : 0u);
-    if (threadIdx.x == 0) partials[kWarps] = all;
-  }
-  __syncthreads();
-  return partials[kWarps];
 }
 
 template <typename T>
@@ -426,14 +423,28 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleParams p)
     stage_row(source, reinterpret_cast<Logit*>(staged), row.vocab);
   }
 
-  // Weights are relative to the highest-ranked token's score.
+  // Weights are relative to the highest-ranked token's score. The same pass
+  // summarizes the slice for the rule (a negative NaN's key is the only one
+  // below -inf's), and the cluster's maximum of the summaries is the row's.
+  const KeyRange<Key> range = KeyRange<Key>::of_infinity(R::Bits::kInfinity);
   uint32_t best = 0;
-  for_each_token(row, [&](int, uint32_t key) { best = max(best, key); });
-  best = block_max(best, s.partials);
+  bool below = false;
+  for_each_token(row, [&](int, uint32_t key) {
+    best = max(best, key);
+    below |= range.below(static_cast<Key>(key));
+  });
+  best = device::block_max(static_cast<uint32_t>(range.summary(static_cast<Key>(best), below)), s.partials);
   if (threadIdx.x == 0) s.local_max = best;
   cluster.sync();
 #pragma unroll
   for (int c = 0; c < kClusterCtas; ++c) best = max(best, *cluster.map_shared_rank(&s.local_max, c));
+  // Every CTA reads the same settings and summary: all of them leave here, or none.
+  if (row_fault(setting(p.uniform, r), temperature, setting(p.top_p, r), range, static_cast<Key>(best)) !=
+      Fault::kNone) {
+    if (cluster.block_rank() == 0 && threadIdx.x == 0) p.tokens[r] = kNoToken;
+    cluster.sync();  // no CTA leaves while a peer may read its shared memory
+    return;
+  }
   row.max_score = row.score(static_cast<Key>(best));
 
   build_level(row, 0, 0u, s.path[0], s.path_first, s);

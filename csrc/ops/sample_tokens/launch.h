@@ -25,7 +25,7 @@ struct SampleParams {
   RowSetting<float> temperature;
   RowSetting<int64_t> top_k;
   RowSetting<float> top_p;
-  int64_t* tokens;  // [rows]
+  int64_t* tokens;  // [rows]; -1 for a row that cannot be sampled (rules.h: row_fault)
   bool staged;      // the launcher's: the row is copied to shared memory
 };
 
