@@ -1,4 +1,5 @@
-"""Shared helpers: inputs, the float64 reference, the relative error and output poisoning.
+"""Shared helpers: inputs, the float64 reference, the comparisons against it
+(per element and in norm), output poisoning and the `gpu` marker.
 
 Every test draws fresh random inputs from a seed chosen for it and printed, so
 pytest shows it with a failure; CLUSTERFUSION_TEST_SEED=N repeats a run.
@@ -13,16 +14,31 @@ import random
 import pytest
 import torch
 
-import clusterfusion  # noqa: F401  (registers the ops)
+import clusterfusion  # registers the ops
 
 
-def has_supported_gpu() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
+def gpu_skip_reason(card: str, capability: tuple[int, int], targets: str) -> str | None:
+    """Why the GPU tests cannot run on `card` of compute capability `capability`
+    with a build for `targets` (``clusterfusion._C.CUDA_ARCHS``, e.g.
+    ``"sm_90a/sm_120a"``), or None when the build has code for it."""
+    built = {target.rstrip("a") for target in targets.split("/")}
+    if f"sm_{capability[0]}{capability[1]}" in built:
+        return None
+    return (f"this build of clusterfusion has no code for {card} (compute capability "
+            f"{capability[0]}.{capability[1]}); it targets {targets}")
 
 
-gpu = pytest.mark.skipif(
-    not has_supported_gpu(), reason="needs a CUDA GPU with compute capability 9.0 or newer"
-)
+def _gpu_skip_reason_here() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    return gpu_skip_reason(torch.cuda.get_device_name(), torch.cuda.get_device_capability(),
+                           clusterfusion._C.CUDA_ARCHS)
+
+
+_GPU_SKIP_REASON = _gpu_skip_reason_here()
+#: Marks a test that needs a GPU this build of clusterfusion has code for.
+gpu = pytest.mark.skipif(_GPU_SKIP_REASON is not None, reason=_GPU_SKIP_REASON or "")
+
 
 @pytest.fixture(autouse=True)
 def random_seed():
@@ -33,7 +49,24 @@ def random_seed():
 
 
 # ||out - ref|| / ||ref|| bounds against the float64 reference.
-TOLERANCE = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}
+TOLERANCE = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-12}
+# Per-element bounds (atol, rtol) against the float64 reference: every element
+# within atol * rms(ref) + rtol * |ref| (see assert_matches). An op that rounds
+# its result once is off by at most half an ulp: 2**-11 |ref| in fp16, 2**-8 in
+# bf16. rtol is 8 such half-ulps; atol, scaled to the output's typical
+# magnitude (its RMS), covers elements near zero, whose error comes from the
+# rounding of larger intermediates (the normalized input and the GELU output of
+# the MLP block, the three roundings of the fp16/bf16 CPU backend) rather than
+# from their own size. Emulating those roundings in float64 over the tested
+# shapes needs at most 7e-4 (fp16) and 5.5e-3 (bf16) of atol at this rtol:
+# the bounds leave about 3x. bf16's ulp is 8x fp16's (3 fewer mantissa bits).
+# fp32 and fp64 are the CPU backends, off by their own rounding only.
+ELEMENT_TOLERANCE = {
+    torch.float16: (2e-3, 4e-3),
+    torch.bfloat16: (1.6e-2, 3.2e-2),
+    torch.float32: (1e-5, 1e-5),
+    torch.float64: (1e-12, 1e-12),
+}
 
 
 def make_inputs(m, hidden, ffn, dtype, device, *, bias=True, generator=None, lead=None):
@@ -71,6 +104,45 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     assert out.shape == ref.shape, (out.shape, ref.shape)
     assert torch.isfinite(out).all(), "output has NaN/Inf (an element left unwritten?)"
     return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, *, atol: float, rtol: float, rel: float,
+                 what: str = "output") -> None:
+    """Asserts `out` has the shape of `ref`, is finite, has every element within
+    ``atol + rtol * |ref|`` of it (atol absolute) and ``||out - ref|| / ||ref|| < rel``.
+
+    A failure names `what` was compared, how many elements are off, the worst
+    one (relative to its bound), its value and its reference.
+    """
+    assert out.shape == ref.shape, (what, out.shape, ref.shape)
+    finite = torch.isfinite(out)
+    if not finite.all():
+        first = tuple(int(i) for i in (~finite).nonzero()[0])
+        raise AssertionError(f"{what}: {int((~finite).sum())} of {out.numel()} elements are NaN/Inf (left "
+                             f"unwritten?), the first at index {first}")
+    out64, ref64 = out.double(), ref.double()
+    diff = (out64 - ref64).abs()
+    bound = atol + rtol * ref64.abs()
+    outside = diff > bound
+    if outside.any():
+        worst = tuple(int(i) for i in torch.unravel_index((diff / bound).argmax(), diff.shape))
+        raise AssertionError(
+            f"{what}: {int(outside.sum())} of {out.numel()} elements differ by more than atol {atol:.3g} + rtol {rtol:.3g} "
+            f"* |ref|; the worst, at index {worst}: {out64[worst].item():.6g} against the reference "
+            f"{ref64[worst].item():.6g} (off by {diff[worst].item():.3g}, bound {bound[worst].item():.3g})"
+        )
+    err = ((out64 - ref64).norm() / ref64.norm()).item()
+    assert err < rel, f"{what}: relative error ||out - ref|| / ||ref|| = {err:.3g}, not below {rel:.3g}"
+
+
+def assert_matches(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, *, rel: float | None = None,
+                   element: tuple[float, float] | None = None, what: str = "output") -> None:
+    """:func:`assert_close` with the bounds of `dtype`: ``ELEMENT_TOLERANCE[dtype]``
+    (atol in units of the reference's root mean square) unless `element` gives
+    another (atol, rtol) pair, and ``TOLERANCE[dtype]`` unless `rel` is given."""
+    atol, rtol = ELEMENT_TOLERANCE[dtype] if element is None else element
+    rms = ref.double().pow(2).mean().sqrt().item()
+    assert_close(out, ref, atol=atol * rms, rtol=rtol, rel=TOLERANCE[dtype] if rel is None else rel, what=what)
 
 
 # A GPT-NeoX model small enough for the CPU, with Pythia's layer structure.

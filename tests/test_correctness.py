@@ -1,4 +1,5 @@
-"""The op against a float64 reference, on the CPU backend and on the GPU."""
+"""The op against a float64 reference, on the CPU backend and on the GPU, every
+element within its bound (conftest.assert_matches) and the whole in norm."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import clusterfusion
-from conftest import TOLERANCE, call_poisoned, gpu, make_inputs, reference, rel_err
+from conftest import ELEMENT_TOLERANCE, TOLERANCE, assert_matches, call_poisoned, gpu, make_inputs, reference, rel_err
 
 PYTHIA_2B8 = (2560, 10240)
 PYTHIA_6B9 = (4096, 16384)
@@ -28,7 +29,7 @@ def test_fused_kernel_matches_float64(shape, m, dtype):
     inputs = make_inputs(m, hidden, ffn, dtype, "cuda")
     out = call_poisoned(clusterfusion.mlp_down_residual, inputs)
     assert out.dtype == dtype and out.shape == inputs["hidden_states"].shape
-    assert rel_err(out, reference(**inputs)) < TOLERANCE[dtype]
+    assert_matches(out, reference(**inputs), dtype)
 
 
 @gpu
@@ -36,7 +37,7 @@ def test_fused_kernel_matches_float64(shape, m, dtype):
 def test_without_bias(dtype):
     inputs = make_inputs(3, 640, 2048, dtype, "cuda", bias=False)
     out = call_poisoned(clusterfusion.mlp_down_residual, inputs)
-    assert rel_err(out, reference(**inputs)) < TOLERANCE[dtype]
+    assert_matches(out, reference(**inputs), dtype)
 
 
 @gpu
@@ -44,7 +45,7 @@ def test_without_bias(dtype):
 def test_more_tokens_than_the_fused_kernel_take_the_cublas_path(m):
     inputs = make_inputs(m, 2560, 10240, torch.float16, "cuda")
     out = clusterfusion.mlp_down_residual(**inputs)
-    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
+    assert_matches(out, reference(**inputs), torch.float16)
 
 
 @gpu
@@ -59,7 +60,7 @@ def test_input_layouts(lead, x_shape):
     inputs["mlp_intermediate"] = inputs["mlp_intermediate"].reshape(x_shape)
     out = call_poisoned(clusterfusion.mlp_down_residual, inputs)
     assert out.shape == inputs["hidden_states"].shape
-    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
+    assert_matches(out, reference(**inputs), torch.float16)
 
 
 @gpu
@@ -75,7 +76,7 @@ def test_non_contiguous_vectors():
     )
     assert not inputs["hidden_states"].is_contiguous()
     out = clusterfusion.mlp_down_residual(**inputs)
-    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.bfloat16]
+    assert_matches(out, reference(**inputs), torch.bfloat16)
 
 
 @gpu
@@ -86,7 +87,7 @@ def test_contiguous_but_misaligned_input_rows():
     assert x.is_contiguous() and x.data_ptr() % 16 != 0
     inputs["mlp_intermediate"] = x
     out = clusterfusion.mlp_down_residual(**inputs)
-    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
+    assert_matches(out, reference(**inputs), torch.float16)
 
 
 @gpu
@@ -97,7 +98,7 @@ def test_weight_with_padded_rows():
     padded[:, :3072] = inputs["weight"]
     inputs["weight"] = padded[:, :3072]
     out = clusterfusion.mlp_down_residual(**inputs)
-    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
+    assert_matches(out, reference(**inputs), torch.float16)
 
 
 @gpu
@@ -112,7 +113,7 @@ def test_seed_entry_points(dtype):
         args = list(inputs.values())
         out = fn(*args)
         assert out.shape == (1, hidden)
-        assert rel_err(out, reference(**inputs)) < TOLERANCE[dtype]
+        assert_matches(out, reference(**inputs), dtype)
         # The extension module keeps the seed's entry points under their old names.
         from clusterfusion import _C
 
@@ -126,7 +127,7 @@ def test_tensors_on_second_device():
     with torch.cuda.device(0):
         out = clusterfusion.mlp_down_residual(**inputs)
     assert out.device == torch.device("cuda:1")
-    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float16]
+    assert_matches(out, reference(**inputs), torch.float16)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -135,7 +136,8 @@ def test_cpu_backend_matches_float64(m, dtype):
     inputs = make_inputs(m, 256, 1024, dtype, "cpu")
     out = clusterfusion.mlp_down_residual(**inputs)
     assert out.dtype == dtype and out.shape == (m, 256)
-    assert rel_err(out, reference(**inputs)) < 3 * TOLERANCE[dtype]  # three roundings, not one
+    # Three roundings, not one: a wider norm; the per-element bounds already cover them.
+    assert_matches(out, reference(**inputs), dtype, rel=3 * TOLERANCE[dtype])
 
 
 def test_cpu_seed_entry_point_and_layouts():
@@ -143,4 +145,21 @@ def test_cpu_seed_entry_point_and_layouts():
     inputs["mlp_intermediate"] = inputs["mlp_intermediate"].reshape(10240)
     out = clusterfusion.pythia_2b8_mlp_only(*inputs.values())
     assert out.shape == (1, 1, 2560)
-    assert rel_err(out, reference(**inputs)) < TOLERANCE[torch.float32]
+    assert_matches(out, reference(**inputs), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_one_wrong_element_of_4096_fails_the_bounds(dtype):
+    """The norm alone passes an output with one element of 4096 off by five times
+    its bound; the per-element bounds catch it and name it."""
+    inputs = make_inputs(1, 4096, 1024, dtype, "cpu")
+    ref = reference(**inputs)
+    out = ref.to(dtype)  # correctly rounded
+    assert_matches(out, ref, dtype)
+    atol, rtol = ELEMENT_TOLERANCE[dtype]
+    rms = ref.pow(2).mean().sqrt()
+    index = int((ref[0].abs() - rms).abs().argmin())  # an element of typical size
+    out[0, index] += 5 * (atol * rms + rtol * ref[0, index].abs())
+    assert rel_err(out, ref) < TOLERANCE[dtype]
+    with pytest.raises(AssertionError, match=rf"1 of 4096 elements differ .* at index \(0, {index}\)"):
+        assert_matches(out, ref, dtype)
