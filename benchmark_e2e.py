@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -297,6 +298,25 @@ def plot(path, results, card):
     fig.savefig(path, dpi=120)
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exits through the parser (status 2, naming the argument) on a value argparse's types let through."""
+    from clusterfusion._fusions import parse_fusions
+
+    for name in ("tokens", "reps", "prompt_len"):
+        values = getattr(args, name)
+        if any(v < 1 for v in (values if isinstance(values, list) else [values])):
+            parser.error(f"argument --{name.replace('_', '-')}: must be >= 1; got {values}")
+    for name in ("fidelity_steps", "eager_max_tokens"):
+        if getattr(args, name) < 0:
+            parser.error(f"argument --{name.replace('_', '-')}: must be >= 0; got {getattr(args, name)}")
+    if args.model is not None and not os.path.isdir(args.model):
+        parser.error(f"argument --model: {args.model!r} is not a directory")
+    try:
+        parse_fusions(args.fusions, "benchmark_e2e")
+    except ValueError as error:
+        parser.error(f"argument --fusions: {error}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=list(CONFIGS), default="2.8b", help="model size for random weights")
@@ -318,6 +338,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="benchmark_e2e.json")
     parser.add_argument("--plot", metavar="FILE.png")
     args = parser.parse_args(argv)
+    check_args(parser, args)  # before the GPU check: a bad argument is reported on any machine
 
     if not torch.cuda.is_available():
         print("benchmark_e2e: no CUDA GPU found; this benchmark needs one (H100/H200 or RTX 5090).", file=sys.stderr)

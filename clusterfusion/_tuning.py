@@ -6,8 +6,11 @@ launch off, for one call or for a block of code.
 
     out = clusterfusion.mlp_down_residual(..., plan="184:8:8")   # one call
 
-Neither setting changes what an op computes, only how its kernel is laid out on
-the GPU; the CPU backend ignores them. The settings are per thread and are
+Neither setting changes the function an op computes, only how its kernel is laid
+out on the GPU; a pinned plan changes how the reduction is split among CTAs and so
+the rounding of the sums (every plan stays within the op's documented error, and
+each is bitwise reproducible). The CPU backends check a pin's form and have no
+launch to pin: on the CPU a well-formed pin has no effect. The settings are per thread and are
 restored when the block exits. Ops read them when they are called: a CUDA graph
 keeps the launches it captured, and ``torch.compile`` bakes the values in force
 while it traces (it recompiles when they change).
@@ -18,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+
+from . import _C
 
 __all__ = ["Tuning", "tuning", "current_tuning"]
 
@@ -66,7 +71,8 @@ def tuning(plan: str | None = None, pdl: bool | None = None, *, block_plan: str 
     Arguments left ``None`` keep the enclosing setting. Yields the settings in force.
 
     Raises:
-        TypeError: a plan is not a string or ``pdl`` not a bool. A malformed plan string raises ``ValueError`` from the op that reads it.
+        TypeError: a plan is not a string or ``pdl`` not a bool.
+        ValueError: a malformed plan string (checked here, before any op reads it).
     """
     if plan is not None and not isinstance(plan, str):
         raise TypeError(f"clusterfusion.tuning: argument 'plan' must be a str like \"184:8:8\" or \"auto\"; got {plan!r}")
@@ -77,6 +83,9 @@ def tuning(plan: str | None = None, pdl: bool | None = None, *, block_plan: str 
             )
     if pdl is not None and not isinstance(pdl, bool):
         raise TypeError(f"clusterfusion.tuning: argument 'pdl' must be a bool; got {pdl!r}")
+    for name, value in (("plan", plan), ("block_plan", block_plan), ("attention_plan", attention_plan)):
+        if value is not None:
+            _C.check_plan(name, value)
     previous = _state.current
     _state.current = dataclasses.replace(
         previous, **{k: v for k, v in (("plan", plan), ("block_plan", block_plan), ("attention_plan", attention_plan),

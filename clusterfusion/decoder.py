@@ -178,7 +178,9 @@ class Decoder:
 
     def _choose(self, logits: torch.Tensor, sample: bool) -> None:
         token = _sample(logits, self._sampling, self._count) if sample else _greedy(logits)
-        self._token.copy_(token)
+        # The history keeps the sampler's -1 (no token: the logits held a NaN or no
+        # finite value), which the read-back reports; the next step is fed a valid id.
+        torch.clamp(token, min=0, out=self._token)
         self._history.index_copy_(0, self._count, token[0])
         self._count.add_(1)
 
@@ -192,8 +194,10 @@ class Decoder:
         if graph is not None:
             return graph
         # Warm up off the capture (lazy initialisation, compilation), then capture.
-        # The warm-up writes the cache and the history; the prefill that follows
-        # resets both.
+        # The warm-up writes the cache and the history from position 0 (not where
+        # the last request left the cache, which may be full); the prefill that
+        # follows resets both.
+        self.cache.reset()
         self._count.zero_()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -231,6 +235,13 @@ class Decoder:
             raise ValueError(f"{name}: batch 1 only: 'input_ids' must be [length] or [1, length]; got {tuple(input_ids.shape)}")
         if prompt.shape[1] == 0:
             raise ValueError(f"{name}: argument 'input_ids' is empty")
+        vocab = self.model.config.vocab_size
+        low, high = int(prompt.min()), int(prompt.max())
+        if low < 0 or high >= vocab:
+            raise ValueError(
+                f"{name}: argument 'input_ids' holds token {low if low < 0 else high}; expected ids in [0, {vocab}) "
+                "(the model's vocab_size)"
+            )
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"{name}: argument 'max_new_tokens' must be an int >= 1; got {max_new_tokens!r}")
         if prompt.shape[1] + max_new_tokens > self.max_length:
@@ -304,7 +315,12 @@ class Decoder:
                 raise RuntimeError("clusterfusion.Decoder: another request started while this stream was unfinished")
             self._advance(target - produced, r.do_sample)
             produced = target
-            for token in self._history[yielded:target].tolist():
+            for index, token in enumerate(self._history[yielded:target].tolist(), start=yielded):
+                if token < 0:
+                    raise RuntimeError(
+                        f"clusterfusion.Decoder: no token could be sampled for new token {index}: the logits held a "
+                        "NaN or +inf, or no finite value (clusterfusion.sample_tokens returned -1)"
+                    )
                 yield token
                 if token == r.eos_token_id:
                     return

@@ -55,6 +55,7 @@ import warnings
 
 import torch
 import transformers
+from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 from transformers.activations import GELUActivation
 from transformers.cache_utils import StaticLayer
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention, GPTNeoXLayer, GPTNeoXMLP
@@ -126,16 +127,35 @@ _MISSING = object()
 _WEIGHT_REASONS: dict = {}
 
 
+def _real_stand_in(weight: torch.Tensor) -> torch.Tensor:
+    """A real, uninitialized tensor of a fake weight's layout (the backends' checks
+    read the layout, never the values); other weights as they are."""
+    if not isinstance(weight, FakeTensor):
+        return weight
+    size = weight.storage_offset() + sum((n - 1) * s for n, s in zip(weight.shape, weight.stride())) + 1
+    storage = torch.empty(size, dtype=weight.dtype, device=weight.device)
+    return storage.as_strided(weight.shape, weight.stride(), weight.storage_offset())
+
+
 @torch.compiler.disable
 def _ask_backend(fusion: str, weights: dict[str, torch.Tensor], head_dim: int | None) -> str | None:
     for weight in weights.values():
         if weight.device.type not in ("cpu", "cuda"):
             return f"device {weight.device} (the ops run on CUDA and CPU)"
-    if fusion == "attention_block":
-        return attention_block_unsupported_reason(weights["query_key_value"], weights["dense"], head_dim)
-    if fusion == "mlp_block":
-        return mlp_block_residual_unsupported_reason(weights["dense_h_to_4h"], weights["dense_4h_to_h"])
-    return mlp_down_residual_unsupported_reason(weights["dense_4h_to_h"])
+    # torch.export traces with fake weights: the backend answers for real ones of their layout.
+    with unset_fake_temporarily():
+        weights = {name: _real_stand_in(weight) for name, weight in weights.items()}
+        if fusion == "attention_block":
+            return attention_block_unsupported_reason(weights["query_key_value"], weights["dense"], head_dim)
+        if fusion == "mlp_block":
+            return mlp_block_residual_unsupported_reason(weights["dense_h_to_4h"], weights["dense_4h_to_h"])
+        return mlp_down_residual_unsupported_reason(weights["dense_4h_to_h"])
+
+
+def _plain(weight: torch.Tensor) -> bool:
+    """A parameter or tensor the ops read as it is (torch.export traces with fake
+    stand-ins of the same layout, which its graph then gives the ops)."""
+    return type(weight) in (torch.nn.Parameter, torch.Tensor, FakeTensor)
 
 
 def _weight_reason(fusion: str, weights: dict[str, torch.Tensor], head_dim: int | None = None) -> str | None:
@@ -143,7 +163,7 @@ def _weight_reason(fusion: str, weights: dict[str, torch.Tensor], head_dim: int 
     for name, weight in weights.items():
         if weight.device.type == "meta":
             return "weights not materialized (meta device: offloaded or not loaded)"
-        if type(weight) not in (torch.nn.Parameter, torch.Tensor):
+        if not _plain(weight):
             return f"{name}'s weight is a {type(weight).__name__} (quantized or wrapped)"
     # Under torch.compile the storage offset is not traceable; parameters start
     # their storage, and the eager calls and patch_model fill the cache.
@@ -276,8 +296,12 @@ def _attention_call(layer, hidden_states, attention_mask, layer_past, position_e
     cache = layers[index]
     if type(cache) is not StaticLayer:
         return None, f"the cache layer is a {type(cache).__name__} (the attention block needs a StaticCache)"
+    if getattr(layer_past, "offloading", False):
+        return None, "an offloading cache (its update moves layers between devices on streams of its own)"
     if not cache.is_initialized:
         return None, None
+    if cache.keys.device != hidden_states.device:
+        return None, f"the cache layer is on {cache.keys.device}, the hidden states on {hidden_states.device}"
     if cache.keys.shape[0] != 1:
         return None, f"a static cache for batch {cache.keys.shape[0]} (the attention block decodes batch 1)"
     if position_embeddings is None:
@@ -353,9 +377,13 @@ def _fallbacks(reasons: dict[str, str | None], mlp: str | None) -> list[tuple[st
 # ---- the patched forward ----------------------------------------------------------
 
 
-def _huggingface_forward(layer: GPTNeoXLayer):
+def _huggingface_forward(layer: GPTNeoXLayer, *args, **kwargs):
+    """The forward the layer had before patching (HuggingFace's, or another library's
+    wrapper), called directly: torch.compile traces it without a graph break."""
     previous = layer.__dict__.get(_PREVIOUS_FORWARD)
-    return previous if previous is not None else types.MethodType(type(layer).forward, layer)
+    if previous is not None:
+        return previous(*args, **kwargs)
+    return type(layer).forward(layer, *args, **kwargs)
 
 
 def _patched_forward(
@@ -383,8 +411,8 @@ def _patched_forward(
             if reason is not None:
                 _warn_once(reason, "HuggingFace's attention" if mlp is not None else "HuggingFace's forward")
     if cache is None and mlp is None:
-        return _huggingface_forward(layer)(
-            hidden_states, attention_mask, position_ids, use_cache, layer_past, position_embeddings, **kwargs
+        return _huggingface_forward(
+            layer, hidden_states, attention_mask, position_ids, use_cache, layer_past, position_embeddings, **kwargs
         )
     if cache is not None:
         attention, norm = layer.attention, layer.input_layernorm

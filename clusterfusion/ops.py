@@ -320,8 +320,11 @@ def attention_block(
     Supported inputs:
         * CUDA, compute capability 9.0 or 12.0, fp16 or bf16; ``head_dim`` 64, 80,
           96 or 128; ``hidden`` a multiple of 8. A position outside
-          ``[0, max_len)`` cannot be checked without reading it on the host: the
-          kernels then write nothing to the caches and return NaN.
+          ``[0, max_len)`` cannot be checked on the host without a
+          synchronization: the attention kernel then stops with a device-side
+          assert (nothing is written; the CUDA context reports "device-side
+          assert triggered" at the next synchronizing call, as HuggingFace's
+          ``StaticCache.update`` does for such a position).
         * CPU, fp32, fp64, fp16 or bf16: the ATen composite (fp16/bf16 in fp32);
           an out-of-range position raises ``ValueError``.
 
@@ -332,9 +335,15 @@ def attention_block(
         ValueError: shapes that do not match (weights, caches, rotary tables,
             mask), a head layout the kernels do not serve, mixed devices,
             non-contiguous caches, a negative ``eps`` or a malformed ``plan``.
-        TypeError: mixed or unsupported dtypes, a non-int64 ``cache_position``.
+        TypeError: mixed or unsupported dtypes, a ``cache_position`` that is not an int64 tensor.
         RuntimeError: a GPU this build has no code for, or a pinned plan that does not fit it.
     """
+    if not isinstance(cache_position, torch.Tensor):
+        raise TypeError(
+            "clusterfusion.attention_block: argument 'cache_position' must be an int64 tensor on the weights' "
+            f"device (read there, so a CUDA graph replays as it advances); got {type(cache_position).__name__} "
+            f"{cache_position!r}"
+        )
     tuning = current_tuning()
     return torch.ops.clusterfusion.attention_block(
         hidden_states, ln_weight, ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias, cos, sin, key_cache,
@@ -385,11 +394,15 @@ def sample_tokens(
     """One token per row of ``logits``: temperature, top-k and top-p, then a draw
     from the kept tokens, in one kernel without a sort or a host synchronization.
 
-    Tokens rank by ``logits / temperature``, highest first (ties: lower index
-    first). The kept tokens are the shortest prefix of the ranking that holds
-    ``top_k`` tokens or ``top_p`` of the probability (at least one token); the
-    result is the first kept token at which the kept tokens' running
-    probability, renormalized, exceeds ``uniform``. With a fixed ``uniform``
+    Tokens rank by their logits, highest first (ties: lower index first;
+    ``-0.0`` ranks below ``0.0``), and their probabilities are
+    ``softmax(logits / temperature)``. The ranking compares the logits, not
+    ``logits / temperature``: the same order, except where the division rounds
+    two logits to one value (they keep their logits' order). The kept tokens
+    are the shortest prefix of the ranking that holds ``top_k`` tokens or
+    ``top_p`` of the probability (at least one token); the result is the first
+    kept token at which the kept tokens' running probability, renormalized,
+    exceeds ``uniform``. With a fixed ``uniform``
     the result is a function of the inputs, the same on every run and device:
     probabilities are summed as integers (``exp(score - max score)`` in fixed
     point with ``64 - 2 * bits(vocab)`` fraction bits, 32 for a 50k
@@ -398,14 +411,16 @@ def sample_tokens(
 
     Args:
         logits: ``[..., vocab]``, fp16, bf16 or fp32 (CPU also fp64, rounded to
-            fp32); each row is one distribution.
+            fp32: beyond fp32's range to ``+inf`` or ``-inf``); each row is one
+            distribution. Finite logits and ``-inf`` (a token that is never
+            drawn), at least one finite per row.
         uniform: the draw in ``[0, 1)``, one value or one per row; ``None``
             draws one per row with ``torch.rand`` (from ``generator``).
-        temperature: ``> 0``; a value that is not (only possible in a tensor)
-            picks the highest-ranked token.
+        temperature: ``> 0``; in a tensor, a value ``<= 0`` picks the
+            highest-ranked token (a Python number must be ``> 0``).
         top_k: keep at most this many tokens; ``0`` (or less): no limit.
-        top_p: keep the fewest top tokens whose probability reaches ``top_p``;
-            ``1``: no limit.
+        top_p: in ``(0, 1]``: keep the fewest top tokens whose probability
+            reaches ``top_p``; ``1``: no limit.
         generator: for ``uniform=None``.
 
     Every setting is a number or a tensor of one value or one per row
@@ -413,19 +428,44 @@ def sample_tokens(
     device of ``logits``; tensor settings are read on the device, so one CUDA
     graph serves every setting.
 
+    A row cannot be sampled when its logits hold a NaN (of either sign) or
+    ``+inf``, or no finite logit (every one ``-inf``), or when its settings are
+    out of range: ``uniform`` NaN or outside ``[0, 1)``, ``top_p`` NaN or
+    outside ``(0, 1]``, ``temperature`` NaN. On CUDA its token is ``-1`` (the
+    other rows are sampled as usual; raising would need a host
+    synchronization); on the CPU the call raises ``ValueError`` naming the
+    first such row (its index in ``logits.reshape(-1, vocab)``) and the
+    reason.
+
     Returns:
-        ``torch.long`` tokens shaped ``logits.shape[:-1]``.
+        ``torch.long`` tokens shaped ``logits.shape[:-1]``; ``-1`` on CUDA for a
+        row that cannot be sampled.
+
+    Raises:
+        ValueError: a Python-number setting out of range, as given or as the
+            float32 the op reads (``uniform`` NaN or outside ``[0, 1)``,
+            ``temperature`` NaN or ``<= 0``, ``top_p`` NaN or outside
+            ``(0, 1]``), checked before the op runs; on the CPU, a row that
+            cannot be sampled; a tensor of the wrong shape or device.
+        TypeError: ``top_k`` neither an int nor a tensor; a tensor of the
+            wrong dtype.
     """
     device = logits.device
     if uniform is None:
         rows = logits.shape[:-1].numel() if logits.dim() > 0 else 1
         source = generator.device if generator is not None else device
         uniform = torch.rand(rows, generator=generator, device=source).to(device)
-    for name, value in (("temperature", temperature), ("top_p", top_p)):
-        if not isinstance(value, torch.Tensor) and not value > 0:
-            raise ValueError(f"clusterfusion.sample_tokens: argument '{name}' must be > 0; got {value!r}")
-    if not isinstance(top_p, torch.Tensor) and top_p > 1:
-        raise ValueError(f"clusterfusion.sample_tokens: argument 'top_p' must be in (0, 1]; got {top_p!r}")
+    # The op reads float32 (rounded to nearest): a uniform from 1 - 2**-25 up is 1.0
+    # there, a temperature or top_p up to 2**-150 is 0.0. NaN fails every rule.
+    rules = (
+        ("uniform", uniform, lambda v: 0 <= v < 1 - 2**-25, "in [0, 1) as float32"),
+        ("temperature", temperature, lambda v: v > 2**-150, "> 0 as float32"),
+        ("top_p", top_p, lambda v: v > 2**-150, "> 0 as float32"),
+        ("top_p", top_p, lambda v: v <= 1, "in (0, 1]"),
+    )
+    for name, value, holds, rule in rules:
+        if not isinstance(value, torch.Tensor) and not holds(value):
+            raise ValueError(f"clusterfusion.sample_tokens: argument '{name}' must be {rule}; got {value!r}")
     if not isinstance(top_k, torch.Tensor) and not isinstance(top_k, int):
         raise TypeError(f"clusterfusion.sample_tokens: argument 'top_k' must be an int or a tensor; got {top_k!r}")
 

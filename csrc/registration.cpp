@@ -4,12 +4,15 @@
 #include <torch/library.h>
 
 #include "gemv/config.h"
+#include "gemv/plan.h"
+#include "host/device_model.h"
 #include "ops/mlp_down_residual/seed.h"
 
 TORCH_LIBRARY(clusterfusion, m) {
   // ops/mlp_down_residual: hidden_states + attn_output + mlp_intermediate @ weight.T + bias.
   // `plan` pins the launch plan ("auto" or "BLOCK_N:CLUSTER[:STAGES]"), `pdl`
-  // allows programmatic dependent launch; neither changes the result.
+  // allows programmatic dependent launch (it never changes the result; a pinned
+  // plan splits the reduction differently and so may change its rounding).
   m.def(
       "mlp_down_residual(Tensor hidden_states, Tensor attn_output, Tensor mlp_intermediate, Tensor weight, "
       "Tensor? bias=None, *, str plan=\"auto\", bool pdl=True) -> Tensor");
@@ -62,6 +65,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using clusterfusion::gemv::Tile;
   m.doc() = "clusterfusion CUDA/C++ extension (ops are registered under torch.ops.clusterfusion)";
   m.attr("MLP_DOWN_MAX_FUSED_M") = Tile::kMaxM;
+  // The GPU targets this build has code for, e.g. "sm_90a/sm_120a".
+  m.attr("CUDA_ARCHS") = clusterfusion::build_archs();
+  // The ops' plan grammar, for clusterfusion.tuning to check a pin where it is set.
+  m.def(
+      "check_plan",
+      [](const std::string& setting, const std::string& text) {
+        constexpr const char* kCaller = "clusterfusion.tuning";
+        try {
+          if (setting == "plan") {
+            clusterfusion::gemv::parse_plan(kCaller, text);
+          } else if (setting == "block_plan") {
+            clusterfusion::gemv::parse_plan_pair(kCaller, text, "UP", "DOWN", "block_plan");
+          } else if (setting == "attention_plan") {
+            clusterfusion::gemv::parse_plan_pair(kCaller, text, "QKV", "DENSE", "attention_plan");
+          } else {
+            throw py::value_error("check_plan: unknown setting '" + setting + "'");
+          }
+        } catch (const c10::ValueError& error) {
+          throw py::value_error(error.what_without_backtrace());
+        }
+      },
+      py::arg("setting"), py::arg("text"),
+      "Raises ValueError unless `text` is a pin the ops accept for `setting` (plan, block_plan or attention_plan)");
   m.def("pythia_2b8_mlp_only", &pythia_2b8_mlp_only, py::arg("hidden_states"), py::arg("attn_output"),
         py::arg("mlp_intermediate"), py::arg("mlp_down_weight"), py::arg("mlp_down_bias"),
         "hidden_states + attn_output + mlp_intermediate @ mlp_down_weight.T + mlp_down_bias for "

@@ -105,6 +105,8 @@ def test_teacher_forced_logits_match_huggingface():
         (dict(input_ids=torch.zeros(2, 3, dtype=torch.long)), ValueError, "batch 1 only"),
         (dict(input_ids=torch.zeros(1, 0, dtype=torch.long)), ValueError, "'input_ids' is empty"),
         (dict(input_ids=torch.zeros(1, 3)), TypeError, "'input_ids' must be an integer tensor"),
+        (dict(input_ids=torch.tensor([[1, 128, 2]])), ValueError, r"'input_ids' holds token 128; expected ids in \[0, 128\)"),
+        (dict(input_ids=torch.tensor([[1, -1, 2]])), ValueError, r"'input_ids' holds token -1; expected ids in \[0, 128\)"),
         (dict(max_new_tokens=0), ValueError, "'max_new_tokens' must be an int >= 1; got 0"),
         (dict(max_new_tokens=30), ValueError, r"prompt \(3 tokens\) plus max_new_tokens \(30\) exceeds max_length=32"),
         (dict(do_sample=True, temperature=0.0), ValueError, "'temperature' must be > 0"),
@@ -166,3 +168,84 @@ def test_cuda_graph_decoder_matches_huggingface(fusions):
     assert torch.equal(seeded[0], seeded[1])
     assert torch.equal(decoder.generate(prompt, 24, do_sample=True, top_k=1), greedy)
     decoder.close()
+
+
+def test_logits_no_token_can_be_sampled_from_fail_loudly_on_cpu():
+    model = _model()
+    with torch.no_grad():
+        model.get_output_embeddings().weight[7, 0] = float("nan")  # every step's logit 7 is NaN
+    decoder = Decoder(model, max_length=32)
+    with pytest.raises(ValueError, match="NaN"):
+        decoder.generate(_prompt(4), 8, do_sample=True, generator=torch.Generator().manual_seed(0))
+
+
+@gpu
+@pytest.mark.parametrize("fusions", [None, "auto"])
+def test_logits_no_token_can_be_sampled_from_fail_loudly_on_cuda(fusions):
+    # The sampler returns -1 for such a row on the device; the Decoder reports it when it reads the tokens back.
+    model = _model("cuda", torch.float16)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[7, 0] = float("nan")
+    decoder = Decoder(model, max_length=32, fusions=fusions)
+    prompt = _prompt(4, "cuda")
+    with pytest.raises(RuntimeError, match="no token could be sampled for new token 0"):
+        decoder.generate(prompt, 8, do_sample=True, generator=torch.Generator("cuda").manual_seed(0))
+    with pytest.raises(RuntimeError, match="no token could be sampled"):
+        list(decoder.stream(prompt, 8, do_sample=True, top_p=0.5))
+    greedy = decoder.generate(prompt, 8)  # the Decoder still serves: argmax takes the NaN as HuggingFace does
+    assert greedy.shape == (8,)
+
+
+@gpu
+@pytest.mark.parametrize("fusions", [None, "auto"])
+def test_a_new_mode_captured_after_a_request_that_filled_the_cache(fusions):
+    # The first sampling request after a greedy one that filled the cache to
+    # max_length captures the sampling step: its warm-up must start from an
+    # empty cache, not write past the full one.
+    model = _model("cuda", torch.float16)
+    prompt = _prompt(6, "cuda")
+    decoder = Decoder(model, max_length=16, fusions=fusions)
+    greedy = decoder.generate(prompt, 10)  # 6 + 10 = max_length
+    sampled = decoder.generate(prompt, 10, do_sample=True, top_p=0.9, generator=torch.Generator("cuda").manual_seed(5))
+    torch.cuda.synchronize()
+    fresh = Decoder(model, max_length=16, fusions=fusions)
+    assert torch.equal(sampled, fresh.generate(prompt, 10, do_sample=True, top_p=0.9,
+                                               generator=torch.Generator("cuda").manual_seed(5)))
+    assert torch.equal(decoder.generate(prompt, 10), greedy)
+    assert torch.equal(fresh.generate(prompt, 10), greedy)
+
+
+def _decisive(logits: torch.Tensor, margin: float) -> torch.Tensor:
+    """Rows whose top-1 logit leads the runner-up by more than `margin`."""
+    top = logits.double().topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1] > margin
+
+
+@gpu
+@pytest.mark.parametrize("fusions", ["auto", ("mlp_block",), ("attention_block", "mlp_down")])
+def test_cuda_decoder_meets_the_documented_fidelity(fusions):
+    # The README's end-to-end bounds against unpatched HuggingFace on the GPU:
+    # teacher-forced logits within 2e-3 (relative norm), the same top-1 wherever
+    # HuggingFace's top-1 is decisive, and the same greedy tokens up to the first
+    # step where it is not.
+    model = _model("cuda", torch.float16, hidden_size=2560, intermediate_size=10240, num_attention_heads=32,
+                   num_hidden_layers=4, vocab_size=50304)
+    prompt = torch.randint(0, 50304, (1, 16), device="cuda")
+    continuation = torch.randint(0, 50304, (64,)).tolist()
+    with torch.no_grad():
+        expected = model(torch.cat([prompt, torch.tensor([continuation[:-1]], device="cuda")], 1)).logits[0, 15:]
+    decoder = Decoder(model, max_length=128, fusions=fusions)
+    got = decoder.teacher_forced_logits(prompt, continuation)
+    assert rel_err(got, expected.double()) <= 2e-3
+    error = (got.double() - expected.double()).abs().max().item()
+    decisive = _decisive(expected, 2 * error)
+    assert decisive.float().mean() >= 0.5, "too few decisive steps for the check to mean anything"
+    agree = got.argmax(-1) == expected.argmax(-1)
+    assert agree[decisive].all(), (agree.logical_not() & decisive).nonzero().flatten().tolist()
+    hf = _hf_greedy(model, prompt, 48)
+    ours = decoder.generate(prompt, 48)
+    with torch.no_grad():
+        steps = model(torch.cat([prompt, hf[None, :-1].cuda()], 1)).logits[0, 15:]
+    first_close = (~_decisive(steps, 2 * error)).nonzero()
+    upto = int(first_close[0]) + 1 if len(first_close) else 48
+    assert torch.equal(ours[:upto], hf[:upto]), (ours.tolist(), hf.tolist(), upto)

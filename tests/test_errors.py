@@ -60,10 +60,18 @@ def test_seed_entry_point_checks_model_size():
         clusterfusion.pythia_6b9_mlp_only(*inputs.values())
 
 
-def test_transposed_weight_is_rejected_by_shape_on_cpu():
-    # The seed's README left the layout ambiguous; [ffn, hidden] must not pass silently.
+def test_transposed_weight_is_named_as_such_on_cpu():
+    # The seed's README left the layout ambiguous; [ffn, hidden] must not pass
+    # silently, and the message says the weight looks transposed (not that the
+    # activations are wrong).
     inputs = _cpu()
+    hidden, ffn = inputs["weight"].shape
     inputs["weight"] = inputs["weight"].T.contiguous()
+    with pytest.raises(ValueError, match=rf"argument 'weight' looks transposed: it is \[{ffn}, {hidden}\].*"
+                                         rf"\[hidden, ffn\] = \[{hidden}, {ffn}\]"):
+        _call(inputs)
+    inputs["hidden_states"] = inputs["hidden_states"][..., :-8]  # a plain shape error stays one
+    inputs["attn_output"] = inputs["attn_output"][..., :-8]
     with pytest.raises(ValueError, match="'hidden_states'"):
         _call(inputs)
 
@@ -153,3 +161,12 @@ def test_unsupported_reason_is_the_ops_message_on_cuda():
         with pytest.raises(exc) as info:
             _call(call)
         assert reason in str(info.value)
+
+
+def test_a_python_int_cache_position_is_a_type_error():
+    from test_attention_block import make_step
+
+    step = make_step(64, 4, 8, 16, 3, torch.float32, "cpu")
+    step["cache_position"] = 3
+    with pytest.raises(TypeError, match=r"argument 'cache_position' must be an int64 tensor.*got int 3"):
+        clusterfusion.attention_block(**step)

@@ -463,3 +463,106 @@ def test_static_cache_decode_steps_compile_without_graph_breaks(op_calls):
             got.append(compiled(got[-1].argmax(-1, keepdim=True)))
     torch.testing.assert_close(torch.stack(got), expected, rtol=1e-5, atol=1e-5)
     assert "attention_block" in op_calls
+
+
+# ---- torch.compile and torch.export on the fallback and the fused paths ----------------
+
+
+@pytest.mark.parametrize("mode", ["train", "grad"])
+def test_fallback_compiles_without_graph_breaks(mode, op_calls):
+    # Training, or autograd needing the layer: HuggingFace's forward runs, and
+    # torch.compile(fullgraph=True) traces it as it traces the unpatched model.
+    ids = _ids()
+    model = _model()
+    model.train(mode == "train")
+    torch.manual_seed(0)
+    expected = model(ids).logits
+    patch_model(model)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(ids)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    got = torch.compile(model, fullgraph=True, backend="eager")(ids).logits
+    if mode == "grad":  # no dropout: the same numbers
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        got.sum().backward()
+    assert op_calls == []
+
+
+@pytest.mark.parametrize("fusions", ["mlp_block", "mlp_down"])
+def test_export_under_no_grad_uses_the_ops(fusions, op_calls):
+    ids = _ids()
+    model = _model()
+    expected = _logits(model, ids)
+    patch_model(model, fusions)
+    op = {"mlp_block": "mlp_block_residual", "mlp_down": "mlp_down_residual"}[fusions]
+    with torch.no_grad():
+        exported = torch.export.export(model, (ids,), kwargs={"use_cache": False})
+        targets = [str(node.target) for node in exported.graph.nodes if node.op == "call_function"]
+        assert targets.count(f"clusterfusion.{op}.default") == 3, targets
+        got = exported.module()(ids, use_cache=False).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_export_asks_the_backend_for_a_layout_it_has_not_seen(monkeypatch):
+    # A weight layout first met under export (fake weights) is answered for a real
+    # tensor of that layout, not taken for a wrapped weight.
+    ids = _ids()
+    model = _model()
+    patch_model(model, "mlp_down")
+    monkeypatch.setattr(cf_hf, "_WEIGHT_REASONS", {})
+    with torch.no_grad():
+        exported = torch.export.export(model, (ids,), kwargs={"use_cache": False})
+    targets = [str(node.target) for node in exported.graph.nodes]
+    assert targets.count("clusterfusion.mlp_down_residual.default") == 3
+
+
+# ---- caches the attention block must not write directly --------------------------------
+
+
+def test_a_position_past_the_cache_raises_as_huggingface_does(op_calls):
+    # The CPU backend reads the position on the host and raises; HuggingFace's own
+    # update raises too. (On CUDA the kernel stops with a device-side assert:
+    # tests/test_device_errors.py.)
+    model = _model()
+    prompt = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(4))
+
+    def decode_past_the_end(max_len=8):
+        cache = StaticCache(config=model.config, max_cache_len=max_len)
+        with torch.no_grad():
+            logits = model(prompt, past_key_values=cache, use_cache=True).logits[:, -1]
+            for _ in range(max_len):
+                logits = model(logits.argmax(-1, keepdim=True), past_key_values=cache, use_cache=True).logits[:, -1]
+
+    with pytest.raises((IndexError, RuntimeError)):
+        decode_past_the_end()
+    patch_model(model)
+    with pytest.raises(ValueError, match="cache_position"):
+        decode_past_the_end()
+    assert op_calls.count("attention_block") == 3 * 2 + 1  # positions 6 and 7 served; 8 refused by layer 0
+
+
+@gpu
+@torch.no_grad()
+def test_an_offloading_static_cache_is_left_to_huggingface(op_calls):
+    model = _model("cuda", torch.float16, hidden_size=256, intermediate_size=1024, num_attention_heads=4)
+    prompt = torch.randint(0, 128, (1, 5), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+
+    def decode(steps=6):
+        cache = StaticCache(config=model.config, max_cache_len=24, offloading=True)
+        logits = model(prompt, past_key_values=cache, use_cache=True).logits[:, -1]
+        out = [logits]
+        for _ in range(steps):
+            logits = model(logits.argmax(-1, keepdim=True), past_key_values=cache, use_cache=True).logits[:, -1]
+            out.append(logits)
+        torch.cuda.synchronize()
+        return torch.stack(out)
+
+    expected = decode()
+    patch_model(model)
+    with pytest.warns(UserWarning, match="HuggingFace's attention: an offloading cache"):
+        got = decode()
+    assert "attention_block" not in op_calls and op_calls.count("mlp_block") == 3 * 7
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=2e-3, atol=2e-3)

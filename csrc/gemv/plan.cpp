@@ -183,18 +183,19 @@ PlanOverride parse_plan(const char* op, const std::string& text, const char* arg
   return o;
 }
 
-PlanPair parse_plan_pair(const char* op, const std::string& text, const char* first, const char* second) {
+PlanPair parse_plan_pair(const char* op, const std::string& text, const char* first, const char* second,
+                         const char* arg) {
   if (text.empty() || text == "auto") return {};
   const size_t split = text.find(';');
-  TORCH_CHECK_VALUE(split != std::string::npos, op, ": argument 'plan' must be \"auto\" or \"", first, ";", second,
-                    "\", each \"auto\" or \"BLOCK_N:CLUSTER[:STAGES]\" (the two projections' plans); got \"",
+  TORCH_CHECK_VALUE(split != std::string::npos, op, ": argument '", arg, "' must be \"auto\" or \"", first, ";",
+                    second, "\", each \"auto\" or \"BLOCK_N:CLUSTER[:STAGES]\" (the two projections' plans); got \"",
                     text, "\"");
-  auto arg = [](std::string name) {  // "plan (up)" for "UP"
+  auto part = [arg](std::string name) {  // "plan (up)" for "UP"
     std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
-    return "plan (" + name + ")";
+    return std::string(arg) + " (" + name + ")";
   };
-  const std::string first_arg = arg(first);
-  const std::string second_arg = arg(second);
+  const std::string first_arg = part(first);
+  const std::string second_arg = part(second);
   return {parse_plan(op, text.substr(0, split), first_arg.c_str()),
           parse_plan(op, text.substr(split + 1), second_arg.c_str())};
 }

@@ -26,12 +26,14 @@ struct PlanOverride {
 PlanOverride parse_plan(const char* op, const std::string& text, const char* arg = "plan");
 
 // The plans of an op's two projections: "auto", or "FIRST;SECOND" with each a
-// plan as parse_plan takes it (`first`, `second`: the projections' names in messages).
+// plan as parse_plan takes it (`first`, `second`: the projections' names in messages,
+// `arg` the argument's).
 struct PlanPair {
   PlanOverride first;
   PlanOverride second;
 };
-PlanPair parse_plan_pair(const char* op, const std::string& text, const char* first, const char* second);
+PlanPair parse_plan_pair(const char* op, const std::string& text, const char* first, const char* second,
+                         const char* arg = "plan");
 
 // What the planner asks of one epilogue's instantiations of the kernel (gemv::Kernels<E>::queries()).
 struct KernelQueries {

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "clusterfusion/device/assert.cuh"
 #include "clusterfusion/device/numeric.cuh"
 #include "clusterfusion/device/pdl.cuh"
 #include "clusterfusion/device/reduce.cuh"
@@ -213,17 +214,14 @@ __global__ void __launch_bounds__(kChunk) decode_attention_kernel(const DecodeAt
   const int worker = blockIdx.y;
   // The position and the cached rows before it come from before this op.
   const int64_t last = *p.position;
-  const bool valid = last >= 0 && last < p.max_len;
+  CLUSTERFUSION_DEVICE_CHECK(last >= 0 && last < p.max_len,
+                             "clusterfusion.attention_block: cache_position within [0, key_cache.shape[2])");
   const int64_t first_chunk = static_cast<int64_t>(worker) * kChunk;
   const size_t head_offset = static_cast<size_t>(head) * p.max_len * kHeadDim;
   T* keys = static_cast<T*>(p.key_cache) + head_offset;
   T* values = static_cast<T*>(p.value_cache) + head_offset;
-  T* out = static_cast<T*>(p.out) + static_cast<size_t>(head) * kHeadDim;
-  if (!valid || first_chunk > last) {
+  if (first_chunk > last) {
     device::grid_dependency_launch_dependents();
-    if (!valid && worker == 0) {
-      for (int d = threadIdx.x; d < kHeadDim; d += blockDim.x) out[d] = device::from_float<T>(__builtin_nanf(""));
-    }
     return;
   }
   ChunkRows<T, kHeadDim> rows;

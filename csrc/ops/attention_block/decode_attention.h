@@ -29,12 +29,12 @@ struct DecodeAttentionParams {
   const void* sin;          // [rotary_dims]
   void* key_cache;          // the new key is written at `position`
   void* value_cache;
-  const int64_t* position;  // device scalar, written before the op's first kernel; outside [0, max_len): no write
+  const int64_t* position;  // device scalar, written before the op's first kernel; outside [0, max_len): a device-side assert
   const void* mask;         // [max_len] or nullptr (mask_kind kNone)
   MaskKind mask_kind;
   float* partials;          // [heads, workers, head_dim + 2]: each worker's unnormalized output, max, sum
   int* arrivals;            // [heads], zero at launch: workers of each head done so far
-  void* out;                // [heads * head_dim]: softmax(q k^T * scale + mask) v; NaN for a position outside the cache
+  void* out;                // [heads * head_dim]: softmax(q k^T * scale + mask) v
   int heads;
   int head_dim;
   int rotary_dims;          // even, in [2, head_dim]

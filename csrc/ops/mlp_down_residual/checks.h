@@ -29,6 +29,13 @@ inline Shape check_args(const at::Tensor& hidden_states, const at::Tensor& attn_
   const int64_t n = weight.size(0);
   const int64_t k = weight.size(1);
   TORCH_CHECK_VALUE(n > 0 && k > 0, kOp, ": argument 'weight' must be non-empty; got shape ", weight.sizes());
+  // A transposed weight swaps the two sizes the activations carry: say so, rather
+  // than blame the activations.
+  const bool transposed = n != k && hidden_states.dim() >= 1 && mlp_intermediate.dim() >= 1 &&
+                          hidden_states.size(-1) == k && mlp_intermediate.size(-1) == n;
+  TORCH_CHECK_VALUE(!transposed, kOp, ": argument 'weight' looks transposed: it is ", weight.sizes(),
+                    " while hidden_states is [..., ", k, "] and mlp_intermediate [..., ", n,
+                    "]; pass HuggingFace's dense_4h_to_h.weight as stored, [hidden, ffn] = [", k, ", ", n, "]");
   check_residuals(kOp, hidden_states, attn_output, n, "weight.shape[0]");
   const int64_t m = hidden_states.numel() / n;
   TORCH_CHECK_VALUE(mlp_intermediate.dim() >= 1 && mlp_intermediate.size(-1) == k &&

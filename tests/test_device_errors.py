@@ -1,0 +1,69 @@
+"""Values only the device sees fail loudly: a cache position past the cache stops the
+attention kernel with a device-side assert (as HuggingFace's own cache update does),
+directly and through the HuggingFace patch, never NaN. Each case runs in a child
+process, since a device-side assert ends the CUDA context."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import gpu
+
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([_TESTS, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@gpu
+@pytest.mark.parametrize("position", [8, 9, 1 << 40, -1])
+def test_attention_block_asserts_on_a_position_outside_the_cache(position):
+    result = _run(f"""
+        import torch, clusterfusion
+        from test_attention_block import make_step
+        step = make_step(256, 4, 16, 8, 0, torch.float16, "cuda")
+        step["cache_position"] = torch.tensor({position}, device="cuda")
+        keys = step["key_cache"].clone()
+        out = clusterfusion.attention_block(**step)
+        print("finite" if torch.isfinite(out).all() else "nan", flush=True)
+        torch.cuda.synchronize()
+        print("no error", flush=True)
+    """)
+    assert result.returncode != 0, result.stdout
+    assert "device-side assert triggered" in result.stderr, result.stderr[-2000:]
+    assert "no error" not in result.stdout
+
+
+@gpu
+def test_patched_model_past_its_static_cache_fails_like_huggingface():
+    code = """
+        import torch, clusterfusion
+        from transformers import StaticCache
+        from clusterfusion.hf import patch_model
+        from conftest import gpt_neox_model
+        model = gpt_neox_model("cuda", torch.float16, hidden_size=256, intermediate_size=1024, num_attention_heads=4)
+        if {patch}:
+            patch_model(model)
+        cache = StaticCache(config=model.config, max_cache_len=8)
+        with torch.no_grad():
+            logits = model(torch.tensor([[1, 2, 3, 4, 5, 6]], device="cuda"), past_key_values=cache,
+                           use_cache=True).logits[:, -1]
+            for step in range(4):
+                logits = model(logits.argmax(-1, keepdim=True), past_key_values=cache, use_cache=True).logits[:, -1]
+                print(step, "finite" if torch.isfinite(logits).all().item() else "nan", flush=True)
+    """
+    for patch in (False, True):  # HuggingFace, then the patch: both fail at the step past the cache
+        result = _run(code.format(patch=patch))
+        assert result.returncode != 0, (patch, result.stdout)
+        assert "nan" not in result.stdout, (patch, result.stdout)
+        if patch:
+            assert "device-side assert triggered" in result.stderr, result.stderr[-2000:]
+        assert result.stdout.splitlines()[:2] == ["0 finite", "1 finite"], (patch, result.stdout)
