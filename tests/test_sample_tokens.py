@@ -324,6 +324,15 @@ def test_one_finite_logit_among_minus_inf_is_the_token(device, dtype, where):
     assert OP(logits.to(device), *settings).tolist() == [index] * rows
 
 
+def _assert_no_token_for(bad, logits, settings):
+    """On CUDA the rows in `bad` get -1 and the others the CPU backend's tokens."""
+    good = [row for row in range(logits.shape[0]) if row not in bad]
+    expected = OP(logits[good], *(s[good] for s in settings))
+    got = OP(logits.cuda(), *(s.cuda() for s in settings)).cpu()
+    assert got[bad].tolist() == [-1] * len(bad)
+    assert torch.equal(got[good], expected)
+
+
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("vocab", [7, 50304])
@@ -335,11 +344,7 @@ def test_cuda_returns_no_token_for_logits_that_cannot_be_sampled(dtype, vocab, f
     logits, settings = _sampleable(rows, vocab, dtype)
     for row in bad:
         _spoil_logits(logits, row, fault)
-    good = [row for row in range(rows) if row not in bad]
-    expected = OP(logits[good], *(s[good] for s in settings))
-    got = OP(logits.cuda(), *(s.cuda() for s in settings)).cpu()
-    assert got[bad].tolist() == [-1] * len(bad)
-    assert torch.equal(got[good], expected)
+    _assert_no_token_for(bad, logits, settings)
 
 
 @gpu
@@ -350,11 +355,7 @@ def test_cuda_returns_no_token_for_settings_out_of_range(dtype, fault):
     logits, settings = _sampleable(rows, 50304, dtype)
     for row in bad:
         _spoil_setting(settings, row, fault)
-    good = [row for row in range(rows) if row not in bad]
-    expected = OP(logits[good], *(s[good] for s in settings))
-    got = OP(logits.cuda(), *(s.cuda() for s in settings)).cpu()
-    assert got[bad].tolist() == [-1] * len(bad)
-    assert torch.equal(got[good], expected)
+    _assert_no_token_for(bad, logits, settings)
 
 
 @gpu
