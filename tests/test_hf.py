@@ -35,13 +35,15 @@ def _cache(kind, model, length):
     return DynamicCache(config=model.config) if kind == "dynamic" else StaticCache(config=model.config, max_cache_len=length)
 
 
-@pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
+@pytest.mark.parametrize("cache_kind, batch", [("dynamic", 2), ("static", 2), ("static", 1)])
 @torch.no_grad()
-def test_patched_logits_match_huggingface_on_cpu(cache_kind):
+def test_patched_logits_match_huggingface_on_cpu(cache_kind, batch):
+    # Batch 1 with a static cache is the attention block's case: its CPU backend serves the decode steps.
     model = _model()
-    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 128, (batch, 7), generator=torch.Generator().manual_seed(1))
     ref, _ = _decode_logits(model, ids, 5, _cache(cache_kind, model, 16))
-    assert patch_model(model) == [0, 1, 2]
+    report = patch_model(model)
+    assert report == [0, 1, 2] and report.by_fusion["attention_block"] == [0, 1, 2]
     got, _ = _decode_logits(model, ids, 5, _cache(cache_kind, model, 16))
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     unpatch_model(model)
