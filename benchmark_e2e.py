@@ -27,8 +27,8 @@ uncompiled PyTorch arm, and free-running greedy tokens compared.
     python benchmark_e2e.py --model /path/to/pythia-2.8b   # a local checkpoint
     python benchmark_e2e.py --tokens 16 128 1024 --modes graph --plot tpot.png
     python benchmark_e2e.py --no-compile           # without the torch.compile arms
-    python benchmark_e2e.py --fusions mlp_block    # the MLP block only (attention stays HuggingFace's)
-    python benchmark_e2e.py --fusions attention_block,mlp_down
+    python benchmark_e2e.py --fusions mlp_block_residual    # the MLP block only (attention stays HuggingFace's)
+    python benchmark_e2e.py --fusions attention_block,mlp_down_residual
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ def main(argv=None) -> int:
                         help="graph mode without the torch.compile arms")
     parser.add_argument("--fusions", default="auto", type=lambda s: s if s == "auto" else tuple(s.split(",")),
                         help="what serves the clusterfusion arms' layers: auto (every fusion) or a comma-separated "
-                             "selection of attention_block, mlp_block, mlp_down")
+                             "selection of attention_block, mlp_block_residual, mlp_down_residual")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="benchmark_e2e.json")
     parser.add_argument("--plot", metavar="FILE.png")

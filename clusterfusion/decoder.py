@@ -108,9 +108,11 @@ class Decoder:
         model: a ``GPTNeoXForCausalLM`` on one device, in eval mode.
         max_length: prompt plus new tokens, the static cache's length.
         fusions: which clusterfusion fusions serve the captured step:
-            ``"auto"`` (all: ``("attention_block", "mlp_block", "mlp_down")``; the
-            attention block serves the captured decode step), a
-            selection (see :func:`clusterfusion.hf.patch_model`), or ``None``
+            ``"auto"`` (all: ``("attention_block", "mlp_block_residual",
+            "mlp_down_residual")``; the attention block serves the captured
+            decode step), a selection (see :func:`clusterfusion.hf.patch_model`,
+            which also takes the former names ``"mlp_block"`` and
+            ``"mlp_down"``), or ``None``
             for HuggingFace's own kernels. The model is patched only
             while the Decoder prefills and captures; outside its calls it is
             unchanged.

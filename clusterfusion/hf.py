@@ -7,10 +7,12 @@ branches with clusterfusion's fused ops.
     model.generate(...)           # eager, dynamic or static cache, CUDA graphs, torch.compile
     unpatch_model(model)
 
-    with patched(model, fusions=("mlp_down",)):   # or scoped, with a choice of fusions
+    with patched(model, fusions=("mlp_down_residual",)):   # or scoped, with a choice of fusions
         ...
 
-Three fusions (``fusions="auto"`` asks for all):
+Three fusions, each named after the op that serves it (``fusions="auto"`` asks
+for all; the former names ``mlp_block`` and ``mlp_down`` are accepted for the
+last two):
 
 * ``attention_block``: :func:`clusterfusion.attention_block`, the attention branch
   of a decode step (``input_layernorm``, ``query_key_value``, rotary embedding,
@@ -18,11 +20,12 @@ Three fusions (``fusions="auto"`` asks for all):
   one new token of one sequence with a ``StaticCache``, and keeps the cache's
   bookkeeping as its own ``update`` would (the layer's device-side length
   advances by one); prefill, other caches and batches run HuggingFace's attention;
-* ``mlp_block``: :func:`clusterfusion.mlp_block_residual`, the whole parallel-
-  residual MLP branch (``post_attention_layernorm``, ``dense_h_to_4h``, GELU,
-  ``dense_4h_to_h`` and both residual adds);
-* ``mlp_down``: :func:`clusterfusion.mlp_down_residual`, the down projection, its
-  bias and the residual adds (the rest of the branch stays HuggingFace's).
+* ``mlp_block_residual``: :func:`clusterfusion.mlp_block_residual`, the whole
+  parallel-residual MLP branch (``post_attention_layernorm``, ``dense_h_to_4h``,
+  GELU, ``dense_4h_to_h`` and both residual adds);
+* ``mlp_down_residual``: :func:`clusterfusion.mlp_down_residual`, the down
+  projection, its bias and the residual adds (the rest of the branch stays
+  HuggingFace's).
 
 The MLP branch gets the most fused of the requested MLP fusions that can serve
 it. The patch never changes what the model computes beyond rounding: a patched
@@ -35,8 +38,8 @@ code for a branch none can serve (HuggingFace's whole forward when neither is se
   ``mlp``, its linears and activation, ``post_attention_layernorm``; the two
   dropouts) carries hooks, an adapter (a PEFT LoRA wrapper), an accelerate hook,
   a forward of its own, or is not the plain HuggingFace / ``torch.nn`` module;
-  when the layer itself carries an accelerate hook; for ``mlp_block``, also
-  another activation than the exact GELU;
+  when the layer itself carries an accelerate hook; for ``mlp_block_residual``,
+  also another activation than the exact GELU;
 * when a weight is one the op rejects (dtype, device, layout) or not
   materialized (meta, offloaded).
 
@@ -115,7 +118,7 @@ def _check_transformers_layer(fusions: tuple[str, ...]) -> None:
             f"({attention}) or its static cache layer (StaticLayer, expected a device-side 'cumulative_length' "
             f"advanced by update(key_states, value_states)); the attention_block fusion was written for "
             f"{_EXPECTED_ATTENTION_SIGNATURE} and would no longer keep the cache's bookkeeping, so nothing was "
-            "patched. Patch with fusions=(\"mlp_block\",) to fuse the MLP branch only."
+            "patched. Patch with fusions=(\"mlp_block_residual\",) to fuse the MLP branch only."
         )
 
 
@@ -147,7 +150,7 @@ def _ask_backend(fusion: str, weights: dict[str, torch.Tensor], head_dim: int | 
         weights = {name: _real_stand_in(weight) for name, weight in weights.items()}
         if fusion == "attention_block":
             return attention_block_unsupported_reason(weights["query_key_value"], weights["dense"], head_dim)
-        if fusion == "mlp_block":
+        if fusion == "mlp_block_residual":
             return mlp_block_residual_unsupported_reason(weights["dense_h_to_4h"], weights["dense_4h_to_h"])
         return mlp_down_residual_unsupported_reason(weights["dense_4h_to_h"])
 
@@ -242,7 +245,7 @@ def _block_reason(layer: GPTNeoXLayer) -> str | None:
     if norm.weight is None or tuple(norm.normalized_shape) != (mlp.dense_h_to_4h.in_features,):
         return "post_attention_layernorm is not an affine LayerNorm over the hidden size"
     return _weight_reason(
-        "mlp_block",
+        "mlp_block_residual",
         {"post_attention_layernorm": norm.weight, "dense_h_to_4h": mlp.dense_h_to_4h.weight,
          "dense_4h_to_h": mlp.dense_4h_to_h.weight},
     )
@@ -250,7 +253,7 @@ def _block_reason(layer: GPTNeoXLayer) -> str | None:
 
 def _down_reason(layer: GPTNeoXLayer) -> str | None:
     """Why the MLP-down op cannot serve `layer` beyond what _mlp_reason says; None if it can."""
-    return _weight_reason("mlp_down", {"dense_4h_to_h": layer.mlp.dense_4h_to_h.weight})
+    return _weight_reason("mlp_down_residual", {"dense_4h_to_h": layer.mlp.dense_4h_to_h.weight})
 
 
 def _attention_reason(layer: GPTNeoXLayer) -> str | None:
@@ -315,9 +318,9 @@ def _attention_call(layer, hidden_states, attention_mask, layer_past, position_e
     return cache, None
 
 
-_MLP_REASONS = {"mlp_block": _block_reason, "mlp_down": _down_reason}
-_FUSION_OPS = {"attention_block": "the attention block op", "mlp_block": "the MLP block op",
-               "mlp_down": "the MLP-down op"}
+_MLP_REASONS = {"mlp_block_residual": _block_reason, "mlp_down_residual": _down_reason}
+_FUSION_OPS = {"attention_block": "the attention block op", "mlp_block_residual": "the MLP block op",
+               "mlp_down_residual": "the MLP-down op"}
 
 
 def _static_reasons(layer: GPTNeoXLayer, fusions: tuple[str, ...]) -> tuple[dict[str, str | None], str | None]:
@@ -435,11 +438,11 @@ def _patched_forward(
         )
     mlp_module, norm = layer.mlp, layer.post_attention_layernorm
     up, down = mlp_module.dense_h_to_4h, mlp_module.dense_4h_to_h
-    if mlp == "mlp_block":
+    if mlp == "mlp_block_residual":
         return mlp_block_residual(
             hidden_states, attn_output, norm.weight, norm.bias, up.weight, up.bias, down.weight, down.bias, norm.eps
         )
-    if mlp == "mlp_down":
+    if mlp == "mlp_down_residual":
         intermediate = mlp_module.act(up(norm(hidden_states)))
         return mlp_down_residual(hidden_states, attn_output, intermediate, down.weight, down.bias)
     attn_output = layer.post_attention_dropout(attn_output)
@@ -498,10 +501,13 @@ def patch_model(model: torch.nn.Module, fusions="auto") -> PatchReport:
     Args:
         model: a ``GPTNeoXForCausalLM`` or ``GPTNeoXModel``.
         fusions: ``"auto"`` (every fusion) or a name or selection of
-            :data:`FUSIONS` (``"attention_block"``, ``"mlp_block"``, ``"mlp_down"``).
+            :data:`FUSIONS` (``"attention_block"``, ``"mlp_block_residual"``,
+            ``"mlp_down_residual"``; the former names ``"mlp_block"`` and
+            ``"mlp_down"`` stand for the last two).
 
     Returns:
-        A :class:`PatchReport`: the served layers' indices, and which fusion serves each.
+        A :class:`PatchReport`: the served layers' indices, and which fusion serves
+        each (keyed by the names in :data:`FUSIONS`).
 
     Raises:
         TypeError: ``model`` holds no GPTNeoXLayer.

@@ -222,7 +222,7 @@ def _decisive(logits: torch.Tensor, margin: float) -> torch.Tensor:
 
 
 @gpu
-@pytest.mark.parametrize("fusions", ["auto", ("mlp_block",), ("attention_block", "mlp_down")])
+@pytest.mark.parametrize("fusions", ["auto", ("mlp_block_residual",), ("attention_block", "mlp_down_residual")])
 def test_cuda_decoder_meets_the_documented_fidelity(fusions):
     # The README's end-to-end bounds, as benchmark_e2e.py measures them: against
     # unpatched HuggingFace decoding the same way (the Decoder with fusions=None),

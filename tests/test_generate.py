@@ -80,7 +80,7 @@ def test_greedy_prints_text_and_figures_and_equals_huggingface(checkpoint, capsy
     assert "running on the CPU" in err and "on CPU" in err
     stats = STATS.search(err)
     assert stats is not None, err
-    assert re.search(r"fusions: attention_block, mlp_block, mlp_down; fused ops serve layers 0, 1", err)
+    assert re.search(r"fusions: attention_block, mlp_block_residual, mlp_down_residual; fused ops serve layers 0, 1", err)
 
     prompt_ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     expected = model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=12,

@@ -9,6 +9,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import DynamicCache, StaticCache  # noqa: E402
 
+from clusterfusion._fusions import parse_fusions  # noqa: E402
 from clusterfusion.hf import is_patched, patch_model, patched, unpatch_model  # noqa: E402
 from conftest import gpt_neox_model as _model, gpu, rel_err  # noqa: E402
 
@@ -49,8 +50,10 @@ def test_patched_logits_match_huggingface_on_cpu(cache_kind, batch):
     unpatch_model(model)
 
 
-@pytest.mark.parametrize("fusions, served_by", [("auto", "mlp_block"), ("mlp_block", "mlp_block"),
-                                                (("mlp_down",), "mlp_down"), (["mlp_down", "mlp_block"], "mlp_block")])
+@pytest.mark.parametrize("fusions, served_by", [
+    ("auto", "mlp_block_residual"), ("mlp_block_residual", "mlp_block_residual"),
+    (("mlp_down_residual",), "mlp_down_residual"), (["mlp_down_residual", "mlp_block_residual"], "mlp_block_residual"),
+])
 @torch.no_grad()
 def test_fusions_choose_the_op_and_the_report_says_which(fusions, served_by):
     model = _model()
@@ -71,16 +74,24 @@ def test_another_activation_leaves_the_layer_to_the_down_op():
     ref = model(ids).logits
     with pytest.warns(UserWarning, match=r"3 layer\(s\) 0-2 run the MLP-down op: act is a transformers"):
         report = patch_model(model)
-    assert report.by_fusion == {"attention_block": [0, 1, 2], "mlp_block": [], "mlp_down": [0, 1, 2]}
+    assert report.by_fusion == {"attention_block": [0, 1, 2], "mlp_block_residual": [], "mlp_down_residual": [0, 1, 2]}
     torch.testing.assert_close(model(ids).logits, ref, rtol=1e-5, atol=1e-5)
     with pytest.warns(UserWarning, match=r"run HuggingFace's forward: act is a transformers"):
-        assert patch_model(model, fusions="mlp_block") == []
+        assert patch_model(model, fusions="mlp_block_residual") == []
 
 
-@pytest.mark.parametrize("fusions", [None, (), "mlp_up", ("mlp_block", "attention"), 3])
+@pytest.mark.parametrize("fusions", [None, (), "mlp_up", ("mlp_block_residual", "attention"), 3])
 def test_bad_fusions(fusions):
     with pytest.raises(ValueError, match="argument 'fusions' must"):
         patch_model(_model(), fusions=fusions)
+
+
+@pytest.mark.parametrize("former, fusion", [("mlp_block", "mlp_block_residual"), ("mlp_down", "mlp_down_residual")])
+def test_former_fusion_names_stand_for_the_fusion_they_named(former, fusion):
+    assert parse_fusions(former, "test") == (fusion,)
+    assert parse_fusions([former, fusion, "attention_block"], "test") == ("attention_block", fusion)
+    report = patch_model(_model(), fusions=(former,))
+    assert report == [0, 1, 2] and report.by_fusion == {fusion: [0, 1, 2]}  # keyed by the fusion's name
 
 
 @torch.no_grad()
@@ -160,7 +171,7 @@ def test_misaligned_down_weight_is_left_alone():
         assert patch_model(model) == [0, 2]
 
 
-GPU_FUSIONS = [("mlp_block",), ("mlp_down",), ("attention_block", "mlp_block")]
+GPU_FUSIONS = [("mlp_block_residual",), ("mlp_down_residual",), ("attention_block", "mlp_block_residual")]
 
 
 @gpu

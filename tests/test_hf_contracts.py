@@ -34,7 +34,7 @@ def _logits(model, ids):
 
 @pytest.fixture
 def op_calls(monkeypatch):
-    """The patched forward's calls of the ops, by name ("attention_block", "mlp_block" or "mlp_down")."""
+    """The patched forward's calls of the ops, by name: a fusion's name is its op's."""
     calls = []
 
     def counting(name, real):
@@ -45,8 +45,8 @@ def op_calls(monkeypatch):
         return op
 
     monkeypatch.setattr(cf_hf, "attention_block", counting("attention_block", cf_hf.attention_block))
-    monkeypatch.setattr(cf_hf, "mlp_block_residual", counting("mlp_block", cf_hf.mlp_block_residual))
-    monkeypatch.setattr(cf_hf, "mlp_down_residual", counting("mlp_down", cf_hf.mlp_down_residual))
+    monkeypatch.setattr(cf_hf, "mlp_block_residual", counting("mlp_block_residual", cf_hf.mlp_block_residual))
+    monkeypatch.setattr(cf_hf, "mlp_down_residual", counting("mlp_down_residual", cf_hf.mlp_down_residual))
     return calls
 
 
@@ -79,7 +79,9 @@ def test_lora_on_the_down_projection_is_honoured(order, op_calls):
         model = _lora(model, "dense_4h_to_h")
         expected = _logits(model, ids)
         with pytest.warns(UserWarning, match=r"3 layer\(s\) 0-2 run HuggingFace's MLP branch: LoRA adapter on dense_4h_to_h"):
-            assert patch_model(model).by_fusion == {"attention_block": [0, 1, 2], "mlp_block": [], "mlp_down": []}
+            assert patch_model(model).by_fusion == {
+                "attention_block": [0, 1, 2], "mlp_block_residual": [], "mlp_down_residual": []
+            }
         got = _logits(model, ids)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     with model.disable_adapter():
@@ -141,9 +143,9 @@ def test_hooks_on_what_only_the_block_bypasses_leave_the_layer_to_the_down_op(wh
     with pytest.warns(UserWarning, match=f"3 layer\\(s\\) 0-2 run the MLP-down op: hooks on {where}"):
         report = patch_model(model)
     assert report == [0, 1, 2]
-    assert report.by_fusion == {"attention_block": [0, 1, 2], "mlp_block": [], "mlp_down": [0, 1, 2]}
+    assert report.by_fusion == {"attention_block": [0, 1, 2], "mlp_block_residual": [], "mlp_down_residual": [0, 1, 2]}
     got = _logits(model, ids)  # a prefill: HuggingFace's attention
-    assert op_calls == ["mlp_down"] * 3 and len(fired) == 3
+    assert op_calls == ["mlp_down_residual"] * 3 and len(fired) == 3
     unpatch_model(model)
     torch.testing.assert_close(got, _logits(model, ids), rtol=1e-5, atol=1e-5)
 
@@ -229,7 +231,9 @@ def test_meta_weights_fall_back_with_a_named_reason():
     model = _model()
     model.gpt_neox.layers[2].mlp.dense_4h_to_h.to("meta")
     with pytest.warns(UserWarning, match=r"1 layer\(s\) 2 run HuggingFace's MLP branch: weights not materialized"):
-        assert patch_model(model).by_fusion == {"attention_block": [0, 1, 2], "mlp_block": [0, 1], "mlp_down": []}
+        assert patch_model(model).by_fusion == {
+            "attention_block": [0, 1, 2], "mlp_block_residual": [0, 1], "mlp_down_residual": []
+        }
 
 
 def test_op_refuses_meta_mixed_with_real_tensors():
@@ -349,7 +353,7 @@ def test_cuda_model_cast_and_moved_after_patching(op_calls):
     assert len(op_calls) == 9 and rel_err(cpu, expected.cpu().double()) < 1e-2
 
 
-@pytest.mark.parametrize("fusions", ["mlp_block", "mlp_down"])
+@pytest.mark.parametrize("fusions", ["mlp_block_residual", "mlp_down_residual"])
 def test_patched_model_compiles_without_graph_breaks(fusions, op_calls):
     ids = _ids()
     model = _model()
@@ -389,7 +393,7 @@ def test_attention_block_serves_static_cache_decode_steps(op_calls):
         got, cache = _static_decode(model, prompt, 6)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert op_calls.count("attention_block") == 3 * 6  # every decode step; the prefill is HuggingFace's
-    assert op_calls.count("mlp_block") == 3 * 7
+    assert op_calls.count("mlp_block_residual") == 3 * 7
     assert int(cache.get_seq_length()) == int(expected_cache.get_seq_length()) == 11
     for ours, theirs in zip(cache.layers, expected_cache.layers):
         torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-5, atol=1e-5)
@@ -423,7 +427,7 @@ def test_hooks_on_the_attention_branch_leave_it_to_huggingface(where, op_calls):
     with pytest.warns(UserWarning, match=f"3 layer\\(s\\) 0-2 run HuggingFace's attention: hooks on {where}"):
         patch_model(model)
     got, _ = _static_decode(model, prompt, 3)
-    assert "attention_block" not in op_calls and op_calls.count("mlp_block") == 12 and len(fired) == 12
+    assert "attention_block" not in op_calls and op_calls.count("mlp_block_residual") == 12 and len(fired) == 12
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -434,9 +438,9 @@ def test_fails_loudly_when_the_attention_or_its_cache_api_changes(monkeypatch):
         return hidden_states, None
 
     monkeypatch.setattr(modeling_gpt_neox.GPTNeoXAttention, "forward", changed)
-    with pytest.raises(RuntimeError, match=r"changed GPTNeoXAttention.forward .* fusions=\(\"mlp_block\",\)"):
+    with pytest.raises(RuntimeError, match=r"changed GPTNeoXAttention.forward .* fusions=\(\"mlp_block_residual\",\)"):
         patch_model(_model())
-    assert patch_model(_model(), fusions=("mlp_block",)) == [0, 1, 2]  # the MLP fusions do not depend on it
+    assert patch_model(_model(), fusions=("mlp_block_residual",)) == [0, 1, 2]  # the MLP fusions do not depend on it
 
 
 def test_static_cache_decode_steps_compile_without_graph_breaks(op_calls):
@@ -490,17 +494,16 @@ def test_fallback_compiles_without_graph_breaks(mode, op_calls):
     assert op_calls == []
 
 
-@pytest.mark.parametrize("fusions", ["mlp_block", "mlp_down"])
+@pytest.mark.parametrize("fusions", ["mlp_block_residual", "mlp_down_residual"])
 def test_export_under_no_grad_uses_the_ops(fusions, op_calls):
     ids = _ids()
     model = _model()
     expected = _logits(model, ids)
     patch_model(model, fusions)
-    op = {"mlp_block": "mlp_block_residual", "mlp_down": "mlp_down_residual"}[fusions]
     with torch.no_grad():
         exported = torch.export.export(model, (ids,), kwargs={"use_cache": False})
         targets = [str(node.target) for node in exported.graph.nodes if node.op == "call_function"]
-        assert targets.count(f"clusterfusion.{op}.default") == 3, targets
+        assert targets.count(f"clusterfusion.{fusions}.default") == 3, targets
         got = exported.module()(ids, use_cache=False).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -510,7 +513,7 @@ def test_export_asks_the_backend_for_a_layout_it_has_not_seen(monkeypatch):
     # tensor of that layout, not taken for a wrapped weight.
     ids = _ids()
     model = _model()
-    patch_model(model, "mlp_down")
+    patch_model(model, "mlp_down_residual")
     monkeypatch.setattr(cf_hf, "_WEIGHT_REASONS", {})
     with torch.no_grad():
         exported = torch.export.export(model, (ids,), kwargs={"use_cache": False})
@@ -563,6 +566,6 @@ def test_an_offloading_static_cache_is_left_to_huggingface(op_calls):
     patch_model(model)
     with pytest.warns(UserWarning, match="HuggingFace's attention: an offloading cache"):
         got = decode()
-    assert "attention_block" not in op_calls and op_calls.count("mlp_block") == 3 * 7
+    assert "attention_block" not in op_calls and op_calls.count("mlp_block_residual") == 3 * 7
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, expected, rtol=2e-3, atol=2e-3)
