@@ -16,8 +16,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import DynamicCache, StaticCache  # noqa: E402
 
-import clusterfusion.hf as cf_hf  # noqa: E402
-from clusterfusion.hf import is_patched, patch_model, patched, unpatch_model  # noqa: E402
+from clusterfusion.hf import FUSIONS, is_patched, patch_model, patched, unpatch_model  # noqa: E402
+from clusterfusion.hf import eligibility, gpt_neox  # noqa: E402  (where the patch keeps its state and calls the ops)
 from conftest import gpt_neox_model as _model, gpu, rel_err  # noqa: E402
 
 
@@ -44,15 +44,14 @@ def op_calls(monkeypatch):
 
         return op
 
-    monkeypatch.setattr(cf_hf, "attention_block", counting("attention_block", cf_hf.attention_block))
-    monkeypatch.setattr(cf_hf, "mlp_block_residual", counting("mlp_block_residual", cf_hf.mlp_block_residual))
-    monkeypatch.setattr(cf_hf, "mlp_down_residual", counting("mlp_down_residual", cf_hf.mlp_down_residual))
+    for name in FUSIONS:  # where the patched forward looks the ops up
+        monkeypatch.setattr(gpt_neox, name, counting(name, getattr(gpt_neox, name)))
     return calls
 
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(cf_hf, "_WARNED", set(), raising=False)
+    monkeypatch.setattr(eligibility, "_WARNED", set())
 
 
 # ---- adapters and hooks --------------------------------------------------------------
@@ -268,6 +267,12 @@ def test_patched_model_pickles_and_deep_copies(op_calls):
         torch.testing.assert_close(_logits(clone, ids), expected, rtol=0, atol=0)
         assert len(op_calls) == 3
         assert unpatch_model(clone) == 3
+
+
+def test_a_model_pickled_patched_before_hf_became_a_package_finds_its_forward():
+    import pickle
+
+    assert pickle.loads(b"cclusterfusion.hf\n_patched_forward\n.") is gpt_neox.patched_forward
 
 
 @pytest.mark.parametrize("cast", ["double", "bfloat16", "half"])
@@ -514,7 +519,7 @@ def test_export_asks_the_backend_for_a_layout_it_has_not_seen(monkeypatch):
     ids = _ids()
     model = _model()
     patch_model(model, "mlp_down_residual")
-    monkeypatch.setattr(cf_hf, "_WEIGHT_REASONS", {})
+    monkeypatch.setattr(eligibility, "_WEIGHT_REASONS", {})
     with torch.no_grad():
         exported = torch.export.export(model, (ids,), kwargs={"use_cache": False})
     targets = [str(node.target) for node in exported.graph.nodes]
