@@ -28,6 +28,7 @@ __all__ = [
     "pythia_2b8_mlp_only",
     "pythia_6b9_mlp_only",
     "sample_tokens",
+    "ProjectionPlan",
     "MlpDownPlan",
     "MAX_FUSED_ROWS",
 ]
@@ -99,13 +100,16 @@ def mlp_down_residual(
     )
 
 
-class MlpDownPlan(NamedTuple):
-    """How :func:`mlp_down_residual` lays one problem out on the GPU.
+class ProjectionPlan(NamedTuple):
+    """How one projection (a split-K GEMV: :func:`mlp_down_residual`, and each of
+    the two projections of :func:`mlp_block_residual` and :func:`attention_block`)
+    is laid out on the GPU.
 
     The grid is ``(cluster_size, n_tiles)``: each cluster of ``cluster_size``
-    CTAs computes ``block_n`` outputs and splits the reduction (``ffn``) among
-    its CTAs, ``chunks_per_cta`` 64-wide chunks each, through a ring of
-    ``stages`` shared-memory stages. A CTA lets the next kernel launch when
+    CTAs computes ``block_n`` outputs and splits the reduction (the weight's
+    columns: ``ffn`` for the MLP's down projection) among its CTAs,
+    ``chunks_per_cta`` 64-wide chunks each, through a ring of ``stages``
+    shared-memory stages. A CTA lets the next kernel launch when
     ``trigger_chunks_left`` chunks are left. ``resident_clusters`` is how many
     such clusters the device holds at once.
     """
@@ -121,7 +125,11 @@ class MlpDownPlan(NamedTuple):
     resident_clusters: int
 
 
-def mlp_down_residual_plan(weight: torch.Tensor, m: int = 1, *, plan: str | None = None) -> MlpDownPlan:
+#: The former name of :class:`ProjectionPlan`, kept for code written against it.
+MlpDownPlan = ProjectionPlan
+
+
+def mlp_down_residual_plan(weight: torch.Tensor, m: int = 1, *, plan: str | None = None) -> ProjectionPlan:
     """The launch plan :func:`mlp_down_residual` uses for ``weight`` and ``m`` tokens.
 
     Plans are chosen once per device, dtype, shape and pin, from the device's
@@ -140,7 +148,7 @@ def mlp_down_residual_plan(weight: torch.Tensor, m: int = 1, *, plan: str | None
         RuntimeError: as :func:`mlp_down_residual`.
     """
     pinned = current_tuning().plan if plan is None else plan
-    return MlpDownPlan(*torch.ops.clusterfusion.mlp_down_residual_plan(weight, m, plan=pinned))
+    return ProjectionPlan(*torch.ops.clusterfusion.mlp_down_residual_plan(weight, m, plan=pinned))
 
 
 def mlp_down_residual_unsupported_reason(weight: torch.Tensor) -> str | None:
@@ -226,11 +234,11 @@ def mlp_block_residual(
 class MlpBlockPlan(NamedTuple):
     """The two launch plans of :func:`mlp_block_residual`: the up projection
     (LayerNorm + up + GELU; its ``chunks_per_cta`` chunks of the normalized input
-    stay in shared memory) and the down projection (as :class:`MlpDownPlan`).
+    stay in shared memory) and the down projection.
     Both leave room on every SM for a CTA of the other kernel."""
 
-    up: MlpDownPlan
-    down: MlpDownPlan
+    up: ProjectionPlan
+    down: ProjectionPlan
 
 
 def mlp_block_residual_plan(
@@ -354,10 +362,10 @@ def attention_block(
 
 class AttentionBlockPlan(NamedTuple):
     """The two launch plans of :func:`attention_block`: the QKV projection and the
-    output projection (each as :class:`MlpDownPlan`)."""
+    output projection."""
 
-    qkv: MlpDownPlan
-    dense: MlpDownPlan
+    qkv: ProjectionPlan
+    dense: ProjectionPlan
 
 
 def attention_block_plan(
@@ -525,8 +533,8 @@ def pythia_6b9_mlp_only(
 
 def _plan_pair(kind, fields):
     """A block op's two GEMV plans from the fields its plan query returns, one after the other."""
-    half = len(MlpDownPlan._fields)
-    return kind(MlpDownPlan(*fields[:half]), MlpDownPlan(*fields[half:]))
+    half = len(ProjectionPlan._fields)
+    return kind(ProjectionPlan(*fields[:half]), ProjectionPlan(*fields[half:]))
 
 
 def _check_devices(op: str, like: tuple[str, torch.Tensor], **tensors) -> None:

@@ -1,5 +1,6 @@
-"""Shared helpers: inputs, the float64 reference, the comparisons against it
-(per element and in norm), output poisoning and the `gpu` marker.
+"""Shared helpers: mlp_down_residual's inputs and float64 reference, the
+comparisons against a reference (per element and in norm), output poisoning,
+a tiny GPT-NeoX model and the `gpu` marker.
 
 Every test draws fresh random inputs from a seed chosen for it and printed, so
 pytest shows it with a failure; CLUSTERFUSION_TEST_SEED=N repeats a run.
@@ -69,8 +70,9 @@ ELEMENT_TOLERANCE = {
 }
 
 
-def make_inputs(m, hidden, ffn, dtype, device, *, bias=True, generator=None, lead=None):
-    """Fresh random inputs (never zeros) of a decode step with `m` tokens (rows).
+def make_mlp_down_inputs(m, hidden, ffn, dtype, device, *, bias=True, generator=None, lead=None):
+    """Fresh random inputs (never zeros) of :func:`clusterfusion.mlp_down_residual`
+    for a decode step with `m` tokens (rows).
 
     `lead` overrides the leading shape of hidden_states / attn_output (its
     product must be `m`); mlp_intermediate is always [m, ffn].
@@ -90,8 +92,8 @@ def make_inputs(m, hidden, ffn, dtype, device, *, bias=True, generator=None, lea
     )
 
 
-def reference(hidden_states, attn_output, mlp_intermediate, weight, bias):
-    """float64 reference of the op, on the inputs' device."""
+def mlp_down_reference(hidden_states, attn_output, mlp_intermediate, weight, bias):
+    """float64 reference of :func:`clusterfusion.mlp_down_residual`, on the inputs' device."""
     h = hidden_states.double()
     x = mlp_intermediate.double().reshape(-1, weight.shape[1])
     out = x @ weight.double().T

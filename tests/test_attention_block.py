@@ -338,6 +338,13 @@ def test_bad_eps_and_plan():
         clusterfusion.attention_block(**_bad(), plan="64:2")
 
 
+def test_a_python_int_cache_position_is_a_type_error():
+    step = make_step(64, 4, 8, 16, 3, torch.float32, "cpu")
+    step["cache_position"] = 3
+    with pytest.raises(TypeError, match=r"argument 'cache_position' must be an int64 tensor.*got int 3"):
+        clusterfusion.attention_block(**step)
+
+
 @gpu
 def test_cuda_rejections():
     inputs = make_step(128, 2, 16, 64, 3, torch.float16, "cuda")

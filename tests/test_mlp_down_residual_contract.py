@@ -1,4 +1,5 @@
-"""What a PyTorch op must honour: opcheck, torch.compile, CUDA graphs, determinism."""
+"""What a PyTorch op must honour, for clusterfusion.mlp_down_residual: opcheck,
+torch.compile, CUDA graphs, determinism."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 import clusterfusion
-from conftest import TOLERANCE, assert_matches, gpu, make_inputs, reference
+from conftest import TOLERANCE, assert_matches, gpu, make_mlp_down_inputs, mlp_down_reference
 
 OP = torch.ops.clusterfusion.mlp_down_residual.default
 
@@ -22,7 +23,7 @@ OP = torch.ops.clusterfusion.mlp_down_residual.default
     ],
 )
 def test_opcheck(device, dtype, m):
-    inputs = make_inputs(m, 256, 512, dtype, device)
+    inputs = make_mlp_down_inputs(m, 256, 512, dtype, device)
     torch.library.opcheck(OP, tuple(inputs.values()))
     no_bias = dict(inputs, bias=None)
     torch.library.opcheck(OP, tuple(no_bias.values()))
@@ -30,14 +31,14 @@ def test_opcheck(device, dtype, m):
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_gradcheck_float64_on_cpu(bias):
-    inputs = make_inputs(3, 16, 24, torch.float64, "cpu", bias=bias, lead=(1, 3))
+    inputs = make_mlp_down_inputs(3, 16, 24, torch.float64, "cpu", bias=bias, lead=(1, 3))
     args = tuple(t.requires_grad_() if t is not None else None for t in inputs.values())
     assert torch.autograd.gradcheck(clusterfusion.mlp_down_residual, args)
     torch.library.opcheck(OP, args)
 
 
 def test_gradients_reach_only_what_requires_them():
-    inputs = make_inputs(2, 16, 24, torch.float32, "cpu")
+    inputs = make_mlp_down_inputs(2, 16, 24, torch.float32, "cpu")
     inputs["weight"].requires_grad_()
     out = clusterfusion.mlp_down_residual(**inputs)
     out.sum().backward()
@@ -50,7 +51,7 @@ def test_gradients_reach_only_what_requires_them():
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_cuda_gradients_match_f_linear(dtype):
-    inputs = make_inputs(3, 256, 512, dtype, "cuda")
+    inputs = make_mlp_down_inputs(3, 256, 512, dtype, "cuda")
     grad_out = torch.randn(3, 256, device="cuda", dtype=dtype)
 
     def grads(fn):
@@ -77,11 +78,11 @@ def _decoder_residual(h, a, x, w, b):
 def test_torch_compile_fullgraph(device, dtype):
     torch._dynamo.reset()
     compiled = torch.compile(_decoder_residual, fullgraph=True)
-    inputs = make_inputs(2, 512, 2048, dtype, device)
+    inputs = make_mlp_down_inputs(2, 512, 2048, dtype, device)
     args = tuple(inputs.values())
     out = compiled(*args)
     h, a, x, w, b = args
-    ref = 0.5 * reference(h, a, torch.nn.functional.gelu(x.float()).to(dtype), w, b)
+    ref = 0.5 * mlp_down_reference(h, a, torch.nn.functional.gelu(x.float()).to(dtype), w, b)
     assert_matches(out, ref, dtype, rel=3 * TOLERANCE[dtype])
 
 
@@ -89,7 +90,7 @@ def test_torch_compile_fullgraph(device, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("m", [1, 16])
 def test_bitwise_deterministic(m, dtype):
-    inputs = make_inputs(m, 2560, 10240, dtype, "cuda")
+    inputs = make_mlp_down_inputs(m, 2560, 10240, dtype, "cuda")
     first = clusterfusion.mlp_down_residual(**inputs)
     for _ in range(5):
         assert torch.equal(clusterfusion.mlp_down_residual(**inputs), first)
@@ -109,7 +110,7 @@ def _chain(layers, first_input):
 def _check_chain(layers, first_input, outs, dtype):
     x = first_input
     for layer, out in zip(layers, outs):
-        expected = reference(x, layer["attn_output"], x, layer["weight"], layer["bias"])
+        expected = mlp_down_reference(x, layer["attn_output"], x, layer["weight"], layer["bias"])
         assert_matches(out, expected, dtype)
         x = out
 
@@ -121,8 +122,8 @@ def test_back_to_back_launches_wait_for_the_previous_output(graphed):
     # running (programmatic dependent launch); everything it reads from us
     # must come after that wait.
     dtype, width = torch.float16, 2048
-    layers = [make_inputs(1, width, width, dtype, "cuda") for _ in range(8)]
-    first = make_inputs(1, width, width, dtype, "cuda")["hidden_states"]
+    layers = [make_mlp_down_inputs(1, width, width, dtype, "cuda") for _ in range(8)]
+    first = make_mlp_down_inputs(1, width, width, dtype, "cuda")["hidden_states"]
     if not graphed:
         _check_chain(layers, first, _chain(layers, first), dtype)
         return
@@ -132,7 +133,7 @@ def test_back_to_back_launches_wait_for_the_previous_output(graphed):
     with torch.cuda.graph(graph):
         outs = _chain(layers, first)
     for _ in range(3):
-        first.copy_(make_inputs(1, width, width, dtype, "cuda")["hidden_states"])
+        first.copy_(make_mlp_down_inputs(1, width, width, dtype, "cuda")["hidden_states"])
         for out in outs:
             out.fill_(float("nan"))
         graph.replay()
@@ -143,7 +144,7 @@ def test_back_to_back_launches_wait_for_the_previous_output(graphed):
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_cuda_graph_capture_and_replay_with_new_values(dtype):
-    static = make_inputs(2, 2560, 10240, dtype, "cuda")
+    static = make_mlp_down_inputs(2, 2560, 10240, dtype, "cuda")
     torch.cuda.synchronize()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -155,13 +156,13 @@ def test_cuda_graph_capture_and_replay_with_new_values(dtype):
         out = clusterfusion.mlp_down_residual(**static)
         chained = clusterfusion.mlp_down_residual(out, static["attn_output"], static["mlp_intermediate"], static["weight"], static["bias"])
     for _ in range(3):
-        fresh = make_inputs(2, 2560, 10240, dtype, "cuda")
+        fresh = make_mlp_down_inputs(2, 2560, 10240, dtype, "cuda")
         for name, t in static.items():
             t.copy_(fresh[name])
         out.fill_(float("nan"))
         chained.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
-        assert_matches(out, reference(**fresh), dtype)
-        expected_chained = reference(out, fresh["attn_output"], fresh["mlp_intermediate"], fresh["weight"], fresh["bias"])
+        assert_matches(out, mlp_down_reference(**fresh), dtype)
+        expected_chained = mlp_down_reference(out, fresh["attn_output"], fresh["mlp_intermediate"], fresh["weight"], fresh["bias"])
         assert_matches(chained, expected_chained, dtype)

@@ -1,4 +1,5 @@
-"""Bad input raises a Python exception naming the argument, what it got and what it needs."""
+"""clusterfusion.mlp_down_residual (and its seed entry points): bad input raises a
+Python exception naming the argument, what it got and what it needs."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import pytest
 import torch
 
 import clusterfusion
-from conftest import gpu, make_inputs
+from conftest import gpu, make_mlp_down_inputs
 
 
 def _cpu(**overrides):
-    inputs = make_inputs(2, 64, 128, torch.float32, "cpu")
+    inputs = make_mlp_down_inputs(2, 64, 128, torch.float32, "cpu")
     inputs.update(overrides)
     return inputs
 
@@ -52,10 +53,10 @@ def test_unsupported_dtype_on_cpu():
 
 
 def test_seed_entry_point_checks_model_size():
-    inputs = make_inputs(1, 4096, 16384, torch.float16, "cpu")
+    inputs = make_mlp_down_inputs(1, 4096, 16384, torch.float16, "cpu")
     with pytest.raises(ValueError, match=r"pythia_2b8_mlp_only: argument 'mlp_down_weight' must have shape \[2560, 10240\]"):
         clusterfusion.pythia_2b8_mlp_only(*inputs.values())
-    inputs = make_inputs(1, 2560, 10240, torch.float16, "cpu")
+    inputs = make_mlp_down_inputs(1, 2560, 10240, torch.float16, "cpu")
     with pytest.raises(ValueError, match=r"pythia_6b9_mlp_only: argument 'mlp_down_weight' must have shape \[4096, 16384\]"):
         clusterfusion.pythia_6b9_mlp_only(*inputs.values())
 
@@ -77,7 +78,7 @@ def test_transposed_weight_is_named_as_such_on_cpu():
 
 
 def _gpu_inputs(**overrides):
-    inputs = make_inputs(2, 256, 1024, torch.float16, "cuda")
+    inputs = make_mlp_down_inputs(2, 256, 1024, torch.float16, "cuda")
     inputs.update(overrides)
     return inputs
 
@@ -116,7 +117,7 @@ def test_weight_layouts_the_kernel_cannot_stream():
 
 @gpu
 def test_ffn_not_multiple_of_eight():
-    inputs = make_inputs(1, 64, 100, torch.bfloat16, "cuda")
+    inputs = make_mlp_down_inputs(1, 64, 100, torch.bfloat16, "cuda")
     with pytest.raises(ValueError, match=r"ffn = weight.shape\[1\] must be a multiple of 8 .*; got 100"):
         _call(inputs)
 
@@ -162,11 +163,3 @@ def test_unsupported_reason_is_the_ops_message_on_cuda():
             _call(call)
         assert reason in str(info.value)
 
-
-def test_a_python_int_cache_position_is_a_type_error():
-    from test_attention_block import make_step
-
-    step = make_step(64, 4, 8, 16, 3, torch.float32, "cpu")
-    step["cache_position"] = 3
-    with pytest.raises(TypeError, match=r"argument 'cache_position' must be an int64 tensor.*got int 3"):
-        clusterfusion.attention_block(**step)

@@ -1,5 +1,6 @@
-"""Launch plans and tuning: every layout the planner may pick computes the same
-function, and the tuning knobs reach the op per call and through a context.
+"""clusterfusion.mlp_down_residual's launch plans: every layout the planner may
+pick computes the same function, and the tuning knobs reach the op per call and
+through a context (clusterfusion.tuning itself: tests/test_tuning.py).
 
 The planner chooses one plan per device and shape, so the correctness tests
 only exercise the plans the test card leads to. Here pinned plans cover the
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 import clusterfusion
-from conftest import assert_matches, call_poisoned, gpu, make_inputs, reference
+from conftest import assert_matches, call_poisoned, gpu, make_mlp_down_inputs, mlp_down_reference
 
 # BLOCK_N:CLUSTER:STAGES
 PINNED_PLANS = [
@@ -38,13 +39,13 @@ def test_pinned_plan_matches_float64(plan, pdl):
         for hidden, ffn in SHAPES:
             for m in (1, 3, 16):
                 for dtype in (torch.float16, torch.bfloat16):
-                    inputs = make_inputs(m, hidden, ffn, dtype, "cuda")
+                    inputs = make_mlp_down_inputs(m, hidden, ffn, dtype, "cuda")
                     chosen = clusterfusion.mlp_down_residual_plan(inputs["weight"], m)
                     assert (chosen.block_n, chosen.cluster_size) == (block_n, cluster), chosen
                     assert chosen.stages <= min(stages, chosen.chunks_per_cta), chosen
                     out = call_poisoned(clusterfusion.mlp_down_residual, inputs)
                     try:
-                        assert_matches(out, reference(**inputs), dtype, what=f"{hidden}x{ffn} m={m} {dtype}")
+                        assert_matches(out, mlp_down_reference(**inputs), dtype, what=f"{hidden}x{ffn} m={m} {dtype}")
                     except AssertionError as error:
                         failures.append(str(error))
     assert not failures, failures
@@ -52,13 +53,13 @@ def test_pinned_plan_matches_float64(plan, pdl):
 
 @gpu
 def test_per_call_plan_overrides_the_context():
-    inputs = make_inputs(2, 2560, 10240, torch.float16, "cuda")
+    inputs = make_mlp_down_inputs(2, 2560, 10240, torch.float16, "cuda")
     weight = inputs["weight"]
     with clusterfusion.tuning(plan="64:2"):
         assert clusterfusion.mlp_down_residual_plan(weight, 2)[:2] == (64, 2)
         assert clusterfusion.mlp_down_residual_plan(weight, 2, plan="32:1:4")[:3] == (32, 1, 4)
         out = clusterfusion.mlp_down_residual(**inputs, plan="32:1:4", pdl=False)
-    assert_matches(out, reference(**inputs), torch.float16)
+    assert_matches(out, mlp_down_reference(**inputs), torch.float16)
 
 
 @gpu
@@ -83,6 +84,11 @@ def test_plan_query_rejects_bad_arguments():
         clusterfusion.mlp_down_residual_plan(weight, 1, plan="9:2")
 
 
+def test_the_former_plan_type_name_is_the_projection_plan():
+    assert clusterfusion.MlpDownPlan is clusterfusion.ProjectionPlan
+    assert "MlpDownPlan" in clusterfusion.__all__ and "ProjectionPlan" in clusterfusion.__all__
+
+
 def test_plan_query_needs_a_cuda_weight():
     with pytest.raises(ValueError, match=r"launch plans exist for CUDA weights only"):
         clusterfusion.mlp_down_residual_plan(torch.randn(8, 16), 1)
@@ -92,7 +98,7 @@ def test_plan_query_needs_a_cuda_weight():
     "plan", ["9:2", "8:9", "8:2:1", "8:2:33", "264:1", "abc", "8", "8:2:4:1", "8:2:4x"]
 )
 def test_malformed_plan_is_a_value_error(plan):
-    inputs = make_inputs(2, 64, 128, torch.float32, "cpu")
+    inputs = make_mlp_down_inputs(2, 64, 128, torch.float32, "cpu")
     grammar = rf"argument 'plan' must be \"auto\" or \"BLOCK_N:CLUSTER\[:STAGES\]\".*got \"{plan}\""
     with pytest.raises(ValueError, match=grammar):
         clusterfusion.mlp_down_residual(**inputs, plan=plan)
@@ -101,77 +107,21 @@ def test_malformed_plan_is_a_value_error(plan):
             pass
 
 
-def test_tuning_context_nests_and_restores():
-    assert clusterfusion.current_tuning() == clusterfusion.Tuning("auto", True)
-    with clusterfusion.tuning(plan="64:2") as outer:
-        assert outer == clusterfusion.Tuning("64:2", True)
-        with clusterfusion.tuning(pdl=False) as inner:
-            assert inner == clusterfusion.Tuning("64:2", False)
-        assert clusterfusion.current_tuning() == outer
-        with pytest.raises(RuntimeError), clusterfusion.tuning(plan="8:1"):
-            raise RuntimeError
-        assert clusterfusion.current_tuning() == outer
-    assert clusterfusion.current_tuning() == clusterfusion.Tuning()
-
-
-def test_tuning_rejects_wrong_types():
-    with pytest.raises(TypeError, match=r"argument 'plan' must be a str"):
-        with clusterfusion.tuning(plan=(64, 2)):
-            pass
-    with pytest.raises(TypeError, match=r"argument 'pdl' must be a bool; got 0"):
-        with clusterfusion.tuning(pdl=0):
-            pass
-    with pytest.raises(TypeError, match=r"argument 'block_plan' must be a str"):
-        with clusterfusion.tuning(block_plan=1):
-            pass
-
-
-def test_block_plan_is_its_own_setting():
-    with clusterfusion.tuning(plan="184:8", block_plan="64:1;auto") as t:
-        assert (t.plan, t.block_plan, t.pdl) == ("184:8", "64:1;auto", True)
-        with clusterfusion.tuning(pdl=False) as inner:
-            assert (inner.plan, inner.block_plan, inner.pdl) == ("184:8", "64:1;auto", False)
-    assert clusterfusion.current_tuning() == clusterfusion.Tuning()
-
-
-def test_tuning_is_per_thread():
-    import threading
-
-    seen = []
-    with clusterfusion.tuning(plan="64:2"):
-        worker = threading.Thread(target=lambda: seen.append(clusterfusion.current_tuning()))
-        worker.start()
-        worker.join()
-    assert seen == [clusterfusion.Tuning()]
-
-
 def test_tuning_reaches_the_op_under_torch_compile(monkeypatch):
     # The plan in force must reach the op traced by dynamo: a malformed one
     # (which clusterfusion.tuning itself refuses, so it is set directly) makes the op raise.
     torch._dynamo.reset()
     compiled = torch.compile(clusterfusion.mlp_down_residual, fullgraph=True)
-    inputs = make_inputs(2, 64, 128, torch.float32, "cpu")
-    assert_matches(compiled(**inputs), reference(**inputs), torch.float32)
+    inputs = make_mlp_down_inputs(2, 64, 128, torch.float32, "cpu")
+    assert_matches(compiled(**inputs), mlp_down_reference(**inputs), torch.float32)
     monkeypatch.setattr(clusterfusion._tuning._state, "current", clusterfusion.Tuning(plan="7:7"))
     with pytest.raises(Exception, match="argument 'plan'"):
         compiled(**inputs)
 
 
-@pytest.mark.parametrize("setting, pin, expected", [
-    ("block_plan", "64:2", r"argument 'block_plan' must be \"auto\" or \"UP;DOWN\""),
-    ("block_plan", "64:2;7:7", r"argument 'block_plan \(down\)' must be \"auto\" or \"BLOCK_N:CLUSTER"),
-    ("attention_plan", "abc;auto", r"argument 'attention_plan \(qkv\)' must be"),
-])
-def test_tuning_checks_a_pin_where_it_is_set(setting, pin, expected):
-    with pytest.raises(ValueError, match="clusterfusion.tuning: " + expected):
-        with clusterfusion.tuning(**{setting: pin}):
-            pass
-    assert clusterfusion.current_tuning() == clusterfusion.Tuning()
-
-
 def test_a_well_formed_pin_has_no_effect_on_the_cpu():
     # Documented: the CPU backends have no launch to pin; they check the pin's form only.
-    inputs = make_inputs(2, 64, 128, torch.float32, "cpu")
+    inputs = make_mlp_down_inputs(2, 64, 128, torch.float32, "cpu")
     expected = clusterfusion.mlp_down_residual(**inputs)
     torch.testing.assert_close(clusterfusion.mlp_down_residual(**inputs, plan="64:2:4"), expected, rtol=0, atol=0)
     with clusterfusion.tuning(plan="184:8", pdl=False):
