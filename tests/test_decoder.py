@@ -60,9 +60,9 @@ def test_top_k_1_is_greedy_and_sampling_repeats_with_a_seed():
 
 
 def test_uniforms_are_uniform():
-    from clusterfusion.decoder import _uniform
+    from clusterfusion._sampling import splitmix64_uniform
 
-    u = _uniform(torch.arange(200_000, dtype=torch.long) * 7919 + 3)
+    u = splitmix64_uniform(torch.arange(200_000, dtype=torch.long) * 7919 + 3)
     assert 0 < u.min() and u.max() < 1
     histogram = torch.histc(u, bins=20, min=0, max=1) / u.numel()
     assert (histogram - 0.05).abs().max() < 0.003
