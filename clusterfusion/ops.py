@@ -6,6 +6,8 @@ the same call works eagerly, under ``torch.compile`` and inside CUDA graphs.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -537,21 +539,35 @@ def _plan_pair(kind, fields):
     return kind(ProjectionPlan(*fields[:half]), ProjectionPlan(*fields[half:]))
 
 
-def _check_devices(op: str, like: tuple[str, torch.Tensor], **tensors) -> None:
-    """Every given tensor (None: absent) is on the device of `like`, as the backends check."""
-    like_name, ref = like
-    for name, t in tensors.items():
-        if t is not None and t.device != ref.device:
-            raise ValueError(f"{op}: argument '{name}' is on {t.device}; expected {ref.device} like '{like_name}'")
+def _register_fake(op: str, like: str):
+    """Registers the decorated function as the fake kernel of ``clusterfusion::op``
+    (torch.compile's tracing, meta tensors), behind the device check the backends
+    run: every tensor argument on the device of argument `like`. Meta tensors
+    mixed with real ones also land in the fake kernel, and an uninitialised
+    result must never pass for a computed one."""
+
+    def register(fake):
+        signature = inspect.signature(fake)
+
+        @functools.wraps(fake)
+        def checked(*args, **kwargs):
+            arguments = signature.bind(*args, **kwargs).arguments
+            device = arguments[like].device
+            for name, value in arguments.items():
+                if isinstance(value, torch.Tensor) and value.device != device:
+                    raise ValueError(
+                        f"clusterfusion.{op}: argument '{name}' is on {value.device}; expected {device} like '{like}'"
+                    )
+            return fake(*args, **kwargs)
+
+        torch.library.register_fake(f"clusterfusion::{op}")(checked)
+        return fake
+
+    return register
 
 
-@torch.library.register_fake("clusterfusion::mlp_down_residual")
+@_register_fake("mlp_down_residual", like="weight")
 def _mlp_down_residual_fake(hidden_states, attn_output, mlp_intermediate, weight, bias=None, *, plan="auto", pdl=True):
-    # Serves torch.compile's tracing and meta tensors. Meta tensors mixed with
-    # real ones also land here, so the devices are checked as the backends do:
-    # an uninitialised result must never pass for a computed one.
-    _check_devices("clusterfusion.mlp_down_residual", ("weight", weight),
-                   hidden_states=hidden_states, attn_output=attn_output, mlp_intermediate=mlp_intermediate, bias=bias)
     torch._check(weight.dim() == 2, lambda: f"weight must be 2-D [hidden, ffn]; got {tuple(weight.shape)}")
     torch._check(
         hidden_states.shape[-1] == weight.shape[0],
@@ -568,12 +584,9 @@ def _mlp_down_residual_fake(hidden_states, attn_output, mlp_intermediate, weight
     return torch.empty_like(hidden_states, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("clusterfusion::mlp_block_residual")
+@_register_fake("mlp_block_residual", like="up_weight")
 def _mlp_block_residual_fake(hidden_states, attn_output, ln_weight, ln_bias, up_weight, up_bias, down_weight,
                              down_bias, eps=1e-5, *, plan="auto", pdl=True):
-    _check_devices("clusterfusion.mlp_block_residual", ("up_weight", up_weight),
-                   hidden_states=hidden_states, attn_output=attn_output, ln_weight=ln_weight, ln_bias=ln_bias,
-                   up_bias=up_bias, down_weight=down_weight, down_bias=down_bias)
     torch._check(up_weight.dim() == 2, lambda: f"up_weight must be 2-D [ffn, hidden]; got {tuple(up_weight.shape)}")
     ffn, hidden = up_weight.shape
     torch._check(
@@ -591,15 +604,11 @@ def _mlp_block_residual_fake(hidden_states, attn_output, ln_weight, ln_bias, up_
     return torch.empty_like(hidden_states, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("clusterfusion::attention_block")
+@_register_fake("attention_block", like="qkv_weight")
 def _attention_block_fake(hidden_states, ln_weight, ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias, cos, sin,
                           key_cache, value_cache, cache_position, attention_mask=None, eps=1e-5, *, plan="auto",
                           pdl=True):
     # The caches are written in place (the schema says so); the result is new.
-    _check_devices("clusterfusion.attention_block", ("qkv_weight", qkv_weight),
-                   hidden_states=hidden_states, ln_weight=ln_weight, ln_bias=ln_bias, qkv_bias=qkv_bias,
-                   dense_weight=dense_weight, dense_bias=dense_bias, cos=cos, sin=sin, key_cache=key_cache,
-                   value_cache=value_cache, cache_position=cache_position, attention_mask=attention_mask)
     torch._check(qkv_weight.dim() == 2, lambda: f"qkv_weight must be 2-D [3 * hidden, hidden]; got {tuple(qkv_weight.shape)}")
     hidden = qkv_weight.shape[1]
     torch._check(
@@ -614,9 +623,7 @@ def _attention_block_fake(hidden_states, ln_weight, ln_bias, qkv_weight, qkv_bia
     return torch.empty_like(hidden_states, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("clusterfusion::sample_tokens")
+@_register_fake("sample_tokens", like="logits")
 def _sample_tokens_fake(logits, uniform, temperature, top_k, top_p):
-    _check_devices("clusterfusion.sample_tokens", ("logits", logits),
-                   uniform=uniform, temperature=temperature, top_k=top_k, top_p=top_p)
     torch._check(logits.dim() >= 1, lambda: f"logits must be [..., vocab]; got {tuple(logits.shape)}")
     return logits.new_empty(logits.shape[:-1], dtype=torch.long)

@@ -41,6 +41,19 @@ _GPU_SKIP_REASON = _gpu_skip_reason_here()
 gpu = pytest.mark.skipif(_GPU_SKIP_REASON is not None, reason=_GPU_SKIP_REASON or "")
 
 
+def opcheck_cases(rows_past_fused: int) -> list:
+    """(device, dtype, m) cases for an MLP op's ``torch.library.opcheck``: the CPU
+    backend in fp32 and bf16, and CUDA in fp16 and bf16 with 1, 5 and
+    `rows_past_fused` rows (more than MAX_FUSED_ROWS: the unfused path)."""
+    return [
+        ("cpu", torch.float32, 1),
+        ("cpu", torch.bfloat16, 3),
+        pytest.param("cuda", torch.float16, 1, marks=gpu),
+        pytest.param("cuda", torch.bfloat16, 5, marks=gpu),
+        pytest.param("cuda", torch.float16, rows_past_fused, marks=gpu),
+    ]
+
+
 @pytest.fixture(autouse=True)
 def random_seed():
     seed = int(os.environ.get("CLUSTERFUSION_TEST_SEED", random.randrange(2**31)))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import clusterfusion
-from conftest import assert_matches, gpu
+from conftest import assert_matches, gpu, opcheck_cases
 
 OP = torch.ops.clusterfusion.mlp_block_residual.default
 DTYPES = [torch.float16, torch.bfloat16]
@@ -178,16 +178,7 @@ def test_torch_compile_fullgraph():
     assert_matches(out, 2 * block_reference(**inputs), torch.float16)
 
 
-@pytest.mark.parametrize(
-    "device,dtype,m",
-    [
-        ("cpu", torch.float32, 1),
-        ("cpu", torch.bfloat16, 3),
-        pytest.param("cuda", torch.float16, 1, marks=gpu),
-        pytest.param("cuda", torch.bfloat16, 5, marks=gpu),
-        pytest.param("cuda", torch.float16, 20, marks=gpu),
-    ],
-)
+@pytest.mark.parametrize("device,dtype,m", opcheck_cases(20))
 def test_opcheck(device, dtype, m):
     inputs = make_block(m, 128, 256, dtype, device)
     torch.library.opcheck(OP, tuple(inputs.values()))

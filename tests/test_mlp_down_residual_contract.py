@@ -7,21 +7,12 @@ import pytest
 import torch
 
 import clusterfusion
-from conftest import TOLERANCE, assert_matches, gpu, make_mlp_down_inputs, mlp_down_reference
+from conftest import TOLERANCE, assert_matches, gpu, make_mlp_down_inputs, mlp_down_reference, opcheck_cases
 
 OP = torch.ops.clusterfusion.mlp_down_residual.default
 
 
-@pytest.mark.parametrize(
-    "device,dtype,m",
-    [
-        ("cpu", torch.float32, 1),
-        ("cpu", torch.bfloat16, 3),
-        pytest.param("cuda", torch.float16, 1, marks=gpu),
-        pytest.param("cuda", torch.bfloat16, 5, marks=gpu),
-        pytest.param("cuda", torch.float16, 24, marks=gpu),
-    ],
-)
+@pytest.mark.parametrize("device,dtype,m", opcheck_cases(24))
 def test_opcheck(device, dtype, m):
     inputs = make_mlp_down_inputs(m, 256, 512, dtype, device)
     torch.library.opcheck(OP, tuple(inputs.values()))
