@@ -211,9 +211,9 @@ def mlp_block_residual(
     Supported inputs:
         * CUDA, compute capability 9.0 or 12.0, fp16 or bf16. ``hidden`` and
           ``ffn`` multiples of 8, weights unit-stride along their last dimension
-          with 16-byte aligned rows. Up to ``MAX_FUSED_ROWS`` rows run in two
-          chained kernels (LayerNorm + up + GELU, then down + residuals), each
-          weight streamed once for all rows; more rows run as the ATen composite.
+          with 16-byte aligned rows. Up to ``MAX_FUSED_ROWS`` rows run in three
+          chained kernels (LayerNorm; up + GELU; down + residuals), each weight
+          streamed once for all rows; more rows run as the ATen composite.
         * CPU, fp32, fp64, fp16 or bf16: the ATen composite (fp16/bf16 in fp32).
 
     Gradients flow to every tensor argument: with a gradient needed the op runs
@@ -234,10 +234,9 @@ def mlp_block_residual(
 
 
 class MlpBlockPlan(NamedTuple):
-    """The two launch plans of :func:`mlp_block_residual`: the up projection
-    (LayerNorm + up + GELU; its ``chunks_per_cta`` chunks of the normalized input
-    stay in shared memory) and the down projection.
-    Both leave room on every SM for a CTA of the other kernel."""
+    """The two GEMV launch plans of :func:`mlp_block_residual`: the up projection
+    (bias + GELU epilogue, reading the LayerNorm kernel's output) and the down
+    projection (bias + residuals epilogue)."""
 
     up: ProjectionPlan
     down: ProjectionPlan
