@@ -129,7 +129,7 @@ class Decoder:
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self._graph_logits: dict[bool, torch.Tensor] = {}  # each captured step's logits
         self._pool = None
-        self._active = None  # the request whose tokens the history holds
+        self._requests = 0  # requests started; a stream checks it to know its tokens are still the history's
         #: Indices of the layers the fused ops serve (empty with ``fusions=None``); with
         #: ``fusions``, a :class:`clusterfusion.hf.PatchReport` that also says which fusion serves which.
         self.served_layers: list[int] = []
@@ -246,7 +246,7 @@ class Decoder:
         """Sets the request's sampling, captures its step if needed, prefills; returns the prefill's logits."""
         if self.cache is None:
             raise RuntimeError("clusterfusion.Decoder: this Decoder was closed")
-        self._active = r
+        self._requests += 1
         if r.do_sample:
             device = r.generator.device if r.generator is not None else "cpu"
             seed = int(torch.randint(2**62, (1,), generator=r.generator, device=device))
@@ -287,10 +287,11 @@ class Decoder:
 
     def _tokens(self, r: _Request, chunk: int) -> Iterator[int]:
         self._start(r)
+        mine = self._requests
         produced, yielded = 1, 0  # the prefill produced the first token
         while yielded < r.max_new_tokens:
             target = min(r.max_new_tokens, yielded + chunk)
-            if self._active is not r:
+            if self._requests != mine:
                 raise RuntimeError("clusterfusion.Decoder: another request started while this stream was unfinished")
             self._advance(target - produced, r.do_sample)
             produced = target

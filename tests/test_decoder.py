@@ -248,5 +248,5 @@ def test_cuda_decoder_meets_the_documented_fidelity(fusions):
     ours = decoder.generate(prompt, 48)
     steps = huggingface.teacher_forced_logits(prompt, reference_tokens.tolist())
     first_close = (~_decisive(steps, 2 * error)).nonzero()
-    upto = int(first_close[0]) + 1 if len(first_close) else 48
+    upto = int(first_close[0]) if len(first_close) else 48  # the tokens chosen by decisive logits
     assert torch.equal(ours[:upto], reference_tokens[:upto]), (ours.tolist(), reference_tokens.tolist(), upto)

@@ -12,13 +12,18 @@ import textwrap
 
 import pytest
 
+import clusterfusion
 from conftest import gpu
 
 _TESTS = os.path.dirname(os.path.abspath(__file__))
+# What the attention kernel's assert says (csrc/ops/attention_block/decode_attention.cuh).
+_KERNEL_ASSERT = "clusterfusion.attention_block: cache_position within [0, key_cache.shape[2])"
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([_TESTS, os.environ.get("PYTHONPATH", "")])}
+    # The child imports clusterfusion as the parent did (the repository root first) and the tests' helpers.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(clusterfusion.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, _TESTS, os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
                           timeout=300)
 
@@ -39,6 +44,7 @@ def test_attention_block_asserts_on_a_position_outside_the_cache(position):
     """)
     assert result.returncode != 0, result.stdout
     assert "device-side assert triggered" in result.stderr, result.stderr[-2000:]
+    assert _KERNEL_ASSERT in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
     assert "no error" not in result.stdout
 
 
@@ -64,6 +70,7 @@ def test_patched_model_past_its_static_cache_fails_like_huggingface():
         result = _run(code.format(patch=patch))
         assert result.returncode != 0, (patch, result.stdout)
         assert "nan" not in result.stdout, (patch, result.stdout)
-        if patch:
+        if patch:  # the attention kernel's own assert, not HuggingFace's index_copy_
             assert "device-side assert triggered" in result.stderr, result.stderr[-2000:]
+            assert _KERNEL_ASSERT in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
         assert result.stdout.splitlines()[:2] == ["0 finite", "1 finite"], (patch, result.stdout)
