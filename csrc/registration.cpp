@@ -6,7 +6,7 @@
 #include "gemv/config.h"
 #include "gemv/plan.h"
 #include "host/device_model.h"
-#include "ops/mlp_down_residual/seed.h"
+#include "ops/mlp_down_residual/original_entry_points.h"
 
 TORCH_LIBRARY(clusterfusion, m) {
   // ops/mlp_down_residual: hidden_states + attn_output + mlp_intermediate @ weight.T + bias.
@@ -61,7 +61,7 @@ TORCH_LIBRARY(clusterfusion, m) {
 // kernels' limits.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
-  using namespace clusterfusion::mlp_down;
+  using namespace clusterfusion::mlp_down_residual;
   using clusterfusion::gemv::Tile;
   m.doc() = "clusterfusion CUDA/C++ extension (ops are registered under torch.ops.clusterfusion)";
   m.attr("MLP_DOWN_MAX_FUSED_M") = Tile::kMaxM;

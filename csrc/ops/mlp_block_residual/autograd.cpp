@@ -8,7 +8,7 @@
 #include "op.h"
 #include "reference.h"
 
-namespace clusterfusion::mlp_block {
+namespace clusterfusion::mlp_block_residual {
 namespace {
 
 bool needs_grad(const at::Tensor& t) { return t.requires_grad(); }
@@ -37,4 +37,4 @@ TORCH_LIBRARY_IMPL(clusterfusion, Autograd, m) {
   m.impl("mlp_block_residual", &mlp_block_residual_autograd);
 }
 
-}  // namespace clusterfusion::mlp_block
+}  // namespace clusterfusion::mlp_block_residual

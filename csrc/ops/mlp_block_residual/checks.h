@@ -8,7 +8,7 @@
 
 #include "../../host/checks.h"
 
-namespace clusterfusion::mlp_block {
+namespace clusterfusion::mlp_block_residual {
 
 constexpr const char* kOp = "clusterfusion.mlp_block_residual";
 
@@ -53,4 +53,4 @@ inline Shape check_args(const at::Tensor& hidden_states, const at::Tensor& attn_
   return {hidden_states.numel() / hidden, hidden, ffn};
 }
 
-}  // namespace clusterfusion::mlp_block
+}  // namespace clusterfusion::mlp_block_residual

@@ -8,7 +8,7 @@
 #include "gemv/plan.h"
 #include "reference.h"
 
-namespace clusterfusion::mlp_block {
+namespace clusterfusion::mlp_block_residual {
 namespace {
 
 const std::initializer_list<at::ScalarType> kCpuDtypes = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
@@ -51,4 +51,4 @@ TORCH_LIBRARY_IMPL(clusterfusion, CPU, m) {
   m.impl("mlp_block_residual_plan", &plan_cpu);
 }
 
-}  // namespace clusterfusion::mlp_block
+}  // namespace clusterfusion::mlp_block_residual

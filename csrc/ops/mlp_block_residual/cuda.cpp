@@ -25,7 +25,7 @@
 #include "layer_norm/run.h"
 #include "reference.h"
 
-namespace clusterfusion::mlp_block {
+namespace clusterfusion::mlp_block_residual {
 namespace {
 
 using gemv::Activation;
@@ -76,7 +76,7 @@ std::vector<int64_t> plan_cuda(const at::Tensor& up_weight, const at::Tensor& do
   const c10::cuda::CUDAGuard guard(up_weight.device());
   std::vector<int64_t> fields =
       gemv::plan_fields(gemv::projection_plan(kOp, Activation::kExactGelu, up_weight, m, pins.first));
-  const std::vector<int64_t> down = gemv::plan_fields(mlp_down::plan_of(kOp, down_weight, m, pins.second));
+  const std::vector<int64_t> down = gemv::plan_fields(mlp_down_residual::plan_of(kOp, down_weight, m, pins.second));
   fields.insert(fields.end(), down.begin(), down.end());
   return fields;
 }
@@ -108,7 +108,7 @@ at::Tensor mlp_block_residual_cuda(const at::Tensor& hidden_states, const at::Te
   const at::Tensor intermediate = at::empty({shape.m, shape.ffn}, hidden.options());
   layer_norm::run(hidden, ln_weight, ln_bias, normalized, eps, pdl);
   gemv::run_bias_projection(kOp, Activation::kExactGelu, normalized, up_weight, b_up, intermediate, pins.first, pdl);
-  mlp_down::run_down(kOp, hidden, attn, intermediate, down_weight, b_down, out.view({shape.m, shape.hidden}),
+  mlp_down_residual::run_down(kOp, hidden, attn, intermediate, down_weight, b_down, out.view({shape.m, shape.hidden}),
                      pins.second, pdl);
   return out;
 }
@@ -121,4 +121,4 @@ TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) {
   m.impl("mlp_block_residual_plan", &plan_cuda);
 }
 
-}  // namespace clusterfusion::mlp_block
+}  // namespace clusterfusion::mlp_block_residual

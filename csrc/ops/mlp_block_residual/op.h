@@ -7,7 +7,7 @@
 
 #include <optional>
 
-namespace clusterfusion::mlp_block {
+namespace clusterfusion::mlp_block_residual {
 
 using OpSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                const std::optional<at::Tensor>&, const at::Tensor&, const std::optional<at::Tensor>&,
@@ -20,4 +20,4 @@ inline const c10::TypedOperatorHandle<OpSignature>& op_handle() {
   return handle;
 }
 
-}  // namespace clusterfusion::mlp_block
+}  // namespace clusterfusion::mlp_block_residual

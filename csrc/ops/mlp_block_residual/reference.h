@@ -7,7 +7,7 @@
 
 #include <optional>
 
-namespace clusterfusion::mlp_block {
+namespace clusterfusion::mlp_block_residual {
 
 inline at::Tensor reference(const at::Tensor& hidden_states, const at::Tensor& attn_output, const at::Tensor& ln_weight,
                             const std::optional<at::Tensor>& ln_bias, const at::Tensor& up_weight,
@@ -18,4 +18,4 @@ inline at::Tensor reference(const at::Tensor& hidden_states, const at::Tensor& a
   return at::linear(intermediate, down_weight, down_bias) + attn_output + hidden_states;
 }
 
-}  // namespace clusterfusion::mlp_block
+}  // namespace clusterfusion::mlp_block_residual

@@ -8,7 +8,7 @@
 
 #include "op.h"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -52,4 +52,4 @@ TORCH_LIBRARY_IMPL(clusterfusion, Autograd, m) {
   m.impl("mlp_down_residual", &mlp_down_residual_autograd);
 }
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual

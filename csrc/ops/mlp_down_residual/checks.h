@@ -7,7 +7,7 @@
 
 #include "../../host/checks.h"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 
 constexpr const char* kOp = "clusterfusion.mlp_down_residual";
 
@@ -54,4 +54,4 @@ inline Shape check_args(const at::Tensor& hidden_states, const at::Tensor& attn_
   return {m, n, k};
 }
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual

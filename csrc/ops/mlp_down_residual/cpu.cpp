@@ -10,7 +10,7 @@
 #include "gemv/plan.h"
 #include "reference.h"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 namespace {
 
 const std::initializer_list<at::ScalarType> kCpuDtypes = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
@@ -42,4 +42,4 @@ TORCH_LIBRARY_IMPL(clusterfusion, CPU, m) {
   m.impl("mlp_down_residual_plan", &plan_cpu);
 }
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual

@@ -19,7 +19,7 @@
 #include "run.h"
 #include "reference.h"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 namespace {
 
 const std::initializer_list<at::ScalarType> kCudaDtypes = {at::kHalf, at::kBFloat16};
@@ -105,4 +105,4 @@ TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) {
   m.impl("mlp_down_residual_plan", &plan_cuda);
 }
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual

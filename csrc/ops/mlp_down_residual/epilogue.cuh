@@ -7,7 +7,7 @@
 
 #include "clusterfusion/device/numeric.cuh"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 
 // bias + attn + hidden, read while the weights stream; the output written once.
 template <typename T>
@@ -31,4 +31,4 @@ struct ResidualEpilogue {
   }
 };
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual

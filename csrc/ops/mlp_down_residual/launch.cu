@@ -3,7 +3,7 @@
 #include "gemv/launch.cuh"
 #include "launch.h"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 namespace {
 
 using Kernels = gemv::Kernels<ResidualEpilogue>;
@@ -30,4 +30,4 @@ cudaError_t launch(ScalarKind kind, int m_tiles, const CUtensorMap& weight_map,
                                            stream);
 }
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual

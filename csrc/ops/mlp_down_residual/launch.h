@@ -8,7 +8,7 @@
 #include "gemv/config.h"
 #include "gemv/plan.h"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 
 using gemv::LaunchPlan;
 using gemv::Params;
@@ -33,4 +33,4 @@ cudaError_t launch(ScalarKind kind, int m_tiles, const CUtensorMap& weight_map,
                    const CUtensorMap& input_map, const Params& params, const ResidualArgs& residual,
                    const LaunchPlan& plan, bool programmatic, cudaStream_t stream);
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual

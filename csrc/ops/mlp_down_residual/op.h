@@ -7,7 +7,7 @@
 
 #include <optional>
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 
 using OpSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                const std::optional<at::Tensor>&, c10::string_view, bool);
@@ -19,4 +19,4 @@ inline const c10::TypedOperatorHandle<OpSignature>& op_handle() {
   return handle;
 }
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual

@@ -7,7 +7,7 @@
 
 #include <optional>
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 
 inline at::Tensor reference(const at::Tensor& hidden_states, const at::Tensor& attn_output,
                             const at::Tensor& mlp_intermediate, const at::Tensor& weight,
@@ -19,4 +19,4 @@ inline at::Tensor reference(const at::Tensor& hidden_states, const at::Tensor& a
   return out.reshape(hidden_states.sizes());
 }
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual

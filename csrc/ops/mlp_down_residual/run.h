@@ -8,7 +8,7 @@
 
 #include "gemv/plan.h"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 
 // The plan for `m` tokens against `weight` ([hidden, ffn]).
 const gemv::LaunchPlan& plan_of(const char* op, const at::Tensor& weight, int64_t m, const gemv::PlanOverride& pin);
@@ -19,4 +19,4 @@ void run_down(const char* op, const at::Tensor& hidden, const at::Tensor& attn, 
               const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& out,
               const gemv::PlanOverride& pin, bool pdl);
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual

@@ -5,7 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 
 at::Tensor pythia_2b8_mlp_only(const at::Tensor& hidden_states, const at::Tensor& attn_output,
                                const at::Tensor& mlp_intermediate, const at::Tensor& mlp_down_weight,
@@ -15,4 +15,4 @@ at::Tensor pythia_6b9_mlp_only(const at::Tensor& hidden_states, const at::Tensor
                                const at::Tensor& mlp_intermediate, const at::Tensor& mlp_down_weight,
                                const at::Tensor& mlp_down_bias);
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual

@@ -1,11 +1,11 @@
-#include "seed.h"
+#include "original_entry_points.h"
 
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include "op.h"
 
-namespace clusterfusion::mlp_down {
+namespace clusterfusion::mlp_down_residual {
 namespace {
 
 at::Tensor pythia_mlp_only(const char* name, int64_t hidden, int64_t ffn, const at::Tensor& hidden_states,
@@ -41,4 +41,4 @@ TORCH_LIBRARY_IMPL(clusterfusion, CompositeImplicitAutograd, m) {
   m.impl("pythia_6b9_mlp_only", &pythia_6b9_mlp_only);
 }
 
-}  // namespace clusterfusion::mlp_down
+}  // namespace clusterfusion::mlp_down_residual
