@@ -117,34 +117,29 @@ def attention_layer(s: Shape) -> dict:
     )
 
 
+def residual_chain(op: Callable[..., torch.Tensor], layers: list[dict], x0: torch.Tensor) -> Chain:
+    """`op(x, **layer)` layer after layer, each output the next layer's hidden_states."""
+
+    def run():
+        x, outs = x0, []
+        for layer in layers:
+            x = op(x, **layer)
+            outs.append(x)
+        return outs
+
+    return Chain(op.__name__, run, lambda outs: outs[-1].reshape(-1))
+
+
 def mlp_down_chain(s: Shape) -> Chain:
     layers = [dict(attn_output=rnd(1, s.hidden, scale=0.3), mlp_intermediate=rnd(1, s.ffn),
                    weight=rnd(s.hidden, s.ffn, scale=0.3 / math.sqrt(s.ffn)), bias=rnd(s.hidden, scale=0.1))
               for _ in range(LAYERS)]
-    x0 = rnd(1, s.hidden)
-
-    def run():
-        x, outs = x0, []
-        for layer in layers:
-            x = clusterfusion.mlp_down_residual(x, **layer)
-            outs.append(x)
-        return outs
-
-    return Chain("mlp_down_residual", run, lambda outs: outs[-1].reshape(-1))
+    return residual_chain(clusterfusion.mlp_down_residual, layers, rnd(1, s.hidden))
 
 
 def mlp_block_chain(s: Shape) -> Chain:
     layers = [dict(attn_output=rnd(1, s.hidden, scale=0.3), **mlp_weights(s)) for _ in range(LAYERS)]
-    x0 = rnd(1, s.hidden, shift=0.3)
-
-    def run():
-        x, outs = x0, []
-        for layer in layers:
-            x = clusterfusion.mlp_block_residual(x, **layer)
-            outs.append(x)
-        return outs
-
-    return Chain("mlp_block_residual", run, lambda outs: outs[-1].reshape(-1))
+    return residual_chain(clusterfusion.mlp_block_residual, layers, rnd(1, s.hidden, shift=0.3))
 
 
 def attention_chain(s: Shape, position: int, with_mlp: bool) -> Chain:
