@@ -358,17 +358,22 @@ def test_cuda_model_cast_and_moved_after_patching(op_calls):
     assert len(op_calls) == 9 and rel_err(cpu, expected.cpu().double()) < 1e-2
 
 
+def _assert_no_graph_breaks(model, ids):
+    """torch.compile traces model(ids) whole (dynamo's explain, from a reset cache, reset again after)."""
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(ids)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("fusions", ["mlp_block_residual", "mlp_down_residual"])
 def test_patched_model_compiles_without_graph_breaks(fusions, op_calls):
     ids = _ids()
     model = _model()
     expected = _logits(model, ids)
     patch_model(model, fusions)
-    torch._dynamo.reset()
     with torch.no_grad():
-        explained = torch._dynamo.explain(model)(ids)
-        assert explained.graph_break_count == 0, explained.break_reasons
-        torch._dynamo.reset()
+        _assert_no_graph_breaks(model, ids)
         got = torch.compile(model)(ids).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert set(op_calls) == {fusions}
@@ -487,10 +492,7 @@ def test_fallback_compiles_without_graph_breaks(mode, op_calls):
     torch.manual_seed(0)
     expected = model(ids).logits
     patch_model(model)
-    torch._dynamo.reset()
-    explained = torch._dynamo.explain(model)(ids)
-    assert explained.graph_break_count == 0, explained.break_reasons
-    torch._dynamo.reset()
+    _assert_no_graph_breaks(model, ids)
     torch.manual_seed(0)
     got = torch.compile(model, fullgraph=True, backend="eager")(ids).logits
     if mode == "grad":  # no dropout: the same numbers
