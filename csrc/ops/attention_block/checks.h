@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "../../host/checks.h"
+#include "op.h"
 
 namespace clusterfusion::attention_block {
 
@@ -72,12 +73,10 @@ inline void check_position_and_mask(const at::Tensor& cache_position, const std:
                     "; expected ", like.device(), " like 'qkv_weight'");
 }
 
-inline Shape check_args(const at::Tensor& hidden_states, const at::Tensor& ln_weight,
-                        const std::optional<at::Tensor>& ln_bias, const at::Tensor& qkv_weight,
-                        const std::optional<at::Tensor>& qkv_bias, const at::Tensor& dense_weight,
-                        const std::optional<at::Tensor>& dense_bias, const at::Tensor& cos, const at::Tensor& sin,
-                        const at::Tensor& key_cache, const at::Tensor& value_cache, const at::Tensor& cache_position,
-                        const std::optional<at::Tensor>& attention_mask, double eps) {
+inline Shape check_args(const Args& a) {
+  const at::Tensor& qkv_weight = a.qkv_weight;
+  const at::Tensor& dense_weight = a.dense_weight;
+  const at::Tensor& key_cache = a.key_cache;
   TORCH_CHECK_VALUE(qkv_weight.dim() == 2 && qkv_weight.size(1) > 0 && qkv_weight.size(0) == 3 * qkv_weight.size(1),
                     kOp,
                     ": argument 'qkv_weight' must be [3 * hidden, hidden] (HuggingFace's query_key_value.weight); "
@@ -87,32 +86,32 @@ inline Shape check_args(const at::Tensor& hidden_states, const at::Tensor& ln_we
   TORCH_CHECK_VALUE(dense_weight.dim() == 2 && dense_weight.size(0) == hidden && dense_weight.size(1) == hidden, kOp,
                     ": argument 'dense_weight' must have shape [", hidden, ", ", hidden,
                     "] (HuggingFace's dense.weight); got shape ", dense_weight.sizes());
-  TORCH_CHECK_VALUE(hidden_states.dim() >= 1 && hidden_states.size(-1) == hidden && hidden_states.numel() == hidden,
+  TORCH_CHECK_VALUE(a.hidden_states.dim() >= 1 && a.hidden_states.size(-1) == hidden && a.hidden_states.numel() == hidden,
                     kOp, ": argument 'hidden_states' must hold one token, [..., ", hidden,
                     "] with every other dimension 1 (the op decodes one new token of one sequence); got shape ",
-                    hidden_states.sizes());
-  check_vector(kOp, "ln_weight", ln_weight, hidden, "hidden");
-  check_vector(kOp, "ln_bias", ln_bias, hidden, "hidden");
-  check_vector(kOp, "qkv_bias", qkv_bias, 3 * hidden, "3 * hidden");
-  check_vector(kOp, "dense_bias", dense_bias, hidden, "hidden");
-  check_caches(key_cache, value_cache, hidden);
+                    a.hidden_states.sizes());
+  check_vector(kOp, "ln_weight", a.ln_weight, hidden, "hidden");
+  check_vector(kOp, "ln_bias", a.ln_bias, hidden, "hidden");
+  check_vector(kOp, "qkv_bias", a.qkv_bias, 3 * hidden, "3 * hidden");
+  check_vector(kOp, "dense_bias", a.dense_bias, hidden, "hidden");
+  check_caches(key_cache, a.value_cache, hidden);
   const int64_t head_dim = key_cache.size(3);
-  check_rotary(cos, sin, head_dim);
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, kOp, ": argument 'eps' must be finite and >= 0; got ", eps);
+  check_rotary(a.cos, a.sin, head_dim);
+  TORCH_CHECK_VALUE(std::isfinite(a.eps) && a.eps >= 0, kOp, ": argument 'eps' must be finite and >= 0; got ", a.eps);
   auto optional = [](const std::optional<at::Tensor>& t) { return t.has_value() ? &*t : nullptr; };
   check_like(kOp, {"qkv_weight", &qkv_weight},
-             {{"hidden_states", &hidden_states},
-              {"ln_weight", &ln_weight},
-              {"ln_bias", optional(ln_bias)},
-              {"qkv_bias", optional(qkv_bias)},
+             {{"hidden_states", &a.hidden_states},
+              {"ln_weight", &a.ln_weight},
+              {"ln_bias", optional(a.ln_bias)},
+              {"qkv_bias", optional(a.qkv_bias)},
               {"dense_weight", &dense_weight},
-              {"dense_bias", optional(dense_bias)},
-              {"cos", &cos},
-              {"sin", &sin},
+              {"dense_bias", optional(a.dense_bias)},
+              {"cos", &a.cos},
+              {"sin", &a.sin},
               {"key_cache", &key_cache},
-              {"value_cache", &value_cache}});
-  check_position_and_mask(cache_position, attention_mask, qkv_weight, key_cache.size(2));
-  return {hidden, key_cache.size(1), head_dim, key_cache.size(2), cos.size(-1)};
+              {"value_cache", &a.value_cache}});
+  check_position_and_mask(a.cache_position, a.attention_mask, qkv_weight, key_cache.size(2));
+  return {hidden, key_cache.size(1), head_dim, key_cache.size(2), a.cos.size(-1)};
 }
 
 }  // namespace clusterfusion::attention_block

@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "../../host/flat_kernel.h"
 #include "checks.h"
 #include "gemv/plan.h"
 #include "reference.h"
@@ -16,21 +17,12 @@ namespace {
 
 const std::initializer_list<at::ScalarType> kCpuDtypes = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
 
-at::Tensor attention_block_cpu(const at::Tensor& hidden_states, const at::Tensor& ln_weight,
-                               const std::optional<at::Tensor>& ln_bias, const at::Tensor& qkv_weight,
-                               const std::optional<at::Tensor>& qkv_bias, const at::Tensor& dense_weight,
-                               const std::optional<at::Tensor>& dense_bias, const at::Tensor& cos,
-                               const at::Tensor& sin, const at::Tensor& key_cache, const at::Tensor& value_cache,
-                               const at::Tensor& cache_position, const std::optional<at::Tensor>& attention_mask,
-                               double eps, c10::string_view plan, bool /*pdl*/) {
-  const Shape shape = check_args(hidden_states, ln_weight, ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias,
-                                 cos, sin, key_cache, value_cache, cache_position, attention_mask, eps);
-  gemv::parse_plan_pair(kOp, std::string(plan.data(), plan.size()), "QKV", "DENSE");
-  check_dtype_allowed(kOp, "qkv_weight", qkv_weight, kCpuDtypes, "CPU");
-  const at::ScalarType dtype = qkv_weight.scalar_type();
-  const at::ScalarType compute = dtype == at::kFloat || dtype == at::kDouble ? dtype : at::kFloat;
-  return reference(hidden_states, ln_weight, ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias, cos, sin,
-                   key_cache, value_cache, cache_position, attention_mask, eps, shape, compute);
+at::Tensor attention_block_cpu(const Args& a) {
+  const Shape shape = check_args(a);
+  gemv::parse_plan_pair(kOp, std::string(a.plan.data(), a.plan.size()), "QKV", "DENSE");
+  check_dtype_allowed(kOp, "qkv_weight", a.qkv_weight, kCpuDtypes, "CPU");
+  const at::ScalarType dtype = a.qkv_weight.scalar_type();
+  return reference(a, shape, dtype == at::kFloat || dtype == at::kDouble ? dtype : at::kFloat);
 }
 
 std::string unsupported_reason_cpu(const at::Tensor& qkv_weight, const at::Tensor&, int64_t) {
@@ -45,7 +37,7 @@ std::vector<int64_t> plan_cpu(const at::Tensor& qkv_weight, const at::Tensor&, c
 }  // namespace
 
 TORCH_LIBRARY_IMPL(clusterfusion, CPU, m) {
-  m.impl("attention_block", &attention_block_cpu);
+  m.impl("attention_block", &FlatKernel<OpSignature>::of<Args, &attention_block_cpu>);
   m.impl("attention_block_unsupported_reason", &unsupported_reason_cpu);
   m.impl("attention_block_plan", &plan_cpu);
 }

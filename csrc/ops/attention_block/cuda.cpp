@@ -20,6 +20,7 @@
 
 #include "../../host/device_model.h"
 #include "../../host/dtype.h"
+#include "../../host/flat_kernel.h"
 #include "../../host/tensors.h"
 #include "checks.h"
 #include "decode_attention.h"
@@ -93,54 +94,47 @@ MaskKind mask_kind(const std::optional<at::Tensor>& mask) {
   return mask->scalar_type() == at::kFloat ? MaskKind::kFloat : MaskKind::kAdditive;
 }
 
-at::Tensor attention_block_cuda(const at::Tensor& hidden_states, const at::Tensor& ln_weight,
-                                const std::optional<at::Tensor>& ln_bias, const at::Tensor& qkv_weight,
-                                const std::optional<at::Tensor>& qkv_bias, const at::Tensor& dense_weight,
-                                const std::optional<at::Tensor>& dense_bias, const at::Tensor& cos,
-                                const at::Tensor& sin, const at::Tensor& key_cache, const at::Tensor& value_cache,
-                                const at::Tensor& cache_position, const std::optional<at::Tensor>& attention_mask,
-                                double eps, c10::string_view plan, bool pdl) {
-  const Shape shape = check_args(hidden_states, ln_weight, ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias,
-                                 cos, sin, key_cache, value_cache, cache_position, attention_mask, eps);
-  check_weights(qkv_weight, dense_weight, shape.head_dim);
-  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(key_cache.data_ptr()) % 16 == 0 &&
-                        reinterpret_cast<uintptr_t>(value_cache.data_ptr()) % 16 == 0,
+at::Tensor attention_block_cuda(const Args& a) {
+  const Shape shape = check_args(a);
+  check_weights(a.qkv_weight, a.dense_weight, shape.head_dim);
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(a.key_cache.data_ptr()) % 16 == 0 &&
+                        reinterpret_cast<uintptr_t>(a.value_cache.data_ptr()) % 16 == 0,
                     kOp, ": arguments 'key_cache' and 'value_cache' must start at 16-byte aligned addresses; got ",
-                    key_cache.data_ptr(), " and ", value_cache.data_ptr());
-  const gemv::PlanPair pins = parse_pins(plan);
-  const c10::cuda::CUDAGuard guard(qkv_weight.device());
+                    a.key_cache.data_ptr(), " and ", a.value_cache.data_ptr());
+  const gemv::PlanPair pins = parse_pins(a.plan);
+  const c10::cuda::CUDAGuard guard(a.qkv_weight.device());
 
   // The result first: it takes the block a caller just freed (scratch after it).
-  at::Tensor out = at::empty_like(hidden_states, at::MemoryFormat::Contiguous);
-  const at::TensorOptions options = hidden_states.options();
-  const at::Tensor x = contiguous_aligned(hidden_states.reshape({1, shape.hidden}));
+  at::Tensor out = at::empty_like(a.hidden_states, at::MemoryFormat::Contiguous);
+  const at::TensorOptions options = a.hidden_states.options();
+  const at::Tensor x = contiguous_aligned(a.hidden_states.reshape({1, shape.hidden}));
   const at::Tensor normalized = at::empty({1, shape.hidden}, options);
   const at::Tensor qkv = at::empty({1, 3 * shape.hidden}, options);
   const at::Tensor attn = at::empty({1, shape.hidden}, options);
   const int workers = attention_workers(static_cast<int>(shape.heads), static_cast<int>(shape.max_len),
-                                        device_model(qkv_weight.device().index()).sm_count);
+                                        device_model(a.qkv_weight.device().index()).sm_count);
   const at::Tensor partials =
       at::empty({shape.heads * workers * (shape.head_dim + 2)}, options.dtype(at::kFloat));
   const at::Tensor arrivals = at::empty({shape.heads}, options.dtype(at::kInt));  // zeroed by the LayerNorm
-  const at::Tensor c = cos.reshape({-1}).contiguous();
-  const at::Tensor s = sin.reshape({-1}).contiguous();
-  const at::Tensor position = cache_position.reshape({-1});
+  const at::Tensor c = a.cos.reshape({-1}).contiguous();
+  const at::Tensor s = a.sin.reshape({-1}).contiguous();
+  const at::Tensor position = a.cache_position.reshape({-1});
   const std::optional<at::Tensor> mask =
-      attention_mask.has_value() ? std::optional<at::Tensor>(attention_mask->reshape({-1}).contiguous())
+      a.attention_mask.has_value() ? std::optional<at::Tensor>(a.attention_mask->reshape({-1}).contiguous())
                                  : std::nullopt;
   auto contiguous = [](const std::optional<at::Tensor>& t) {
     return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
   };
 
-  layer_norm::run(x, ln_weight, ln_bias, normalized, eps, pdl, arrivals);
-  gemv::run_bias_projection(kOp, Activation::kNone, normalized, qkv_weight, contiguous(qkv_bias), qkv, pins.first,
-                            pdl);
+  layer_norm::run(x, a.ln_weight, a.ln_bias, normalized, a.eps, a.pdl, arrivals);
+  gemv::run_bias_projection(kOp, Activation::kNone, normalized, a.qkv_weight, contiguous(a.qkv_bias), qkv, pins.first,
+                            a.pdl);
   DecodeAttentionParams params{};
   params.qkv = qkv.data_ptr();
   params.cos = c.data_ptr();
   params.sin = s.data_ptr();
-  params.key_cache = key_cache.data_ptr();
-  params.value_cache = value_cache.data_ptr();
+  params.key_cache = a.key_cache.data_ptr();
+  params.value_cache = a.value_cache.data_ptr();
   params.position = position.data_ptr<int64_t>();
   params.mask = mask.has_value() ? mask->data_ptr() : nullptr;
   params.mask_kind = mask_kind(mask);
@@ -153,17 +147,17 @@ at::Tensor attention_block_cuda(const at::Tensor& hidden_states, const at::Tenso
   params.max_len = static_cast<int>(shape.max_len);
   params.workers = workers;
   params.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(shape.head_dim)));
-  C10_CUDA_CHECK(launch_decode_attention(scalar_kind(qkv_weight), params, at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(launch_decode_attention(scalar_kind(a.qkv_weight), params, at::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  gemv::run_bias_projection(kOp, Activation::kNone, attn, dense_weight, contiguous(dense_bias),
-                            out.view({1, shape.hidden}), pins.second, pdl);
+  gemv::run_bias_projection(kOp, Activation::kNone, attn, a.dense_weight, contiguous(a.dense_bias),
+                            out.view({1, shape.hidden}), pins.second, a.pdl);
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) {
-  m.impl("attention_block", &attention_block_cuda);
+  m.impl("attention_block", &FlatKernel<OpSignature>::of<Args, &attention_block_cuda>);
   m.impl("attention_block_unsupported_reason", &unsupported_reason_cuda);
   m.impl("attention_block_plan", &plan_cuda);
 }

@@ -1,5 +1,5 @@
-// The dispatcher handle of clusterfusion::attention_block, for the autograd
-// kernel's redispatch.
+// clusterfusion::attention_block's arguments (the struct every backend takes),
+// its flat signature and its dispatcher handle, for the autograd kernel's redispatch.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,6 +8,26 @@
 #include <optional>
 
 namespace clusterfusion::attention_block {
+
+// In schema order (registration.cpp).
+struct Args {
+  const at::Tensor& hidden_states;
+  const at::Tensor& ln_weight;
+  const std::optional<at::Tensor>& ln_bias;
+  const at::Tensor& qkv_weight;
+  const std::optional<at::Tensor>& qkv_bias;
+  const at::Tensor& dense_weight;
+  const std::optional<at::Tensor>& dense_bias;
+  const at::Tensor& cos;
+  const at::Tensor& sin;
+  const at::Tensor& key_cache;
+  const at::Tensor& value_cache;
+  const at::Tensor& cache_position;
+  const std::optional<at::Tensor>& attention_mask;
+  double eps;
+  c10::string_view plan;
+  bool pdl;
+};
 
 using OpSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,

@@ -15,14 +15,8 @@
 namespace clusterfusion::attention_block {
 
 // Reads the position on the host; the kernels never do.
-inline at::Tensor reference(const at::Tensor& hidden_states, const at::Tensor& ln_weight,
-                            const std::optional<at::Tensor>& ln_bias, const at::Tensor& qkv_weight,
-                            const std::optional<at::Tensor>& qkv_bias, const at::Tensor& dense_weight,
-                            const std::optional<at::Tensor>& dense_bias, const at::Tensor& cos, const at::Tensor& sin,
-                            const at::Tensor& key_cache, const at::Tensor& value_cache,
-                            const at::Tensor& cache_position, const std::optional<at::Tensor>& attention_mask,
-                            double eps, const Shape& s, at::ScalarType compute) {
-  const int64_t position = cache_position.item<int64_t>();
+inline at::Tensor reference(const Args& a, const Shape& s, at::ScalarType compute) {
+  const int64_t position = a.cache_position.item<int64_t>();
   TORCH_CHECK_VALUE(position >= 0 && position < s.max_len, kOp, ": argument 'cache_position' holds ", position,
                     "; the caches hold positions [0, ", s.max_len, ")");
   auto in = [&](const at::Tensor& t) { return t.to(compute); };
@@ -31,8 +25,8 @@ inline at::Tensor reference(const at::Tensor& hidden_states, const at::Tensor& l
   };
   const int64_t d = s.head_dim;
   const int64_t half = s.rotary_dims / 2;
-  const at::Tensor c = in(cos).reshape({1, s.rotary_dims});
-  const at::Tensor sn = in(sin).reshape({1, s.rotary_dims});
+  const at::Tensor c = in(a.cos).reshape({1, s.rotary_dims});
+  const at::Tensor sn = in(a.sin).reshape({1, s.rotary_dims});
   auto rotary = [&](const at::Tensor& x) {  // x: [heads, head_dim]
     const at::Tensor r = x.narrow(1, 0, s.rotary_dims);
     const at::Tensor rotated_half = at::cat({-r.narrow(1, half, half), r.narrow(1, 0, half)}, 1);
@@ -40,25 +34,28 @@ inline at::Tensor reference(const at::Tensor& hidden_states, const at::Tensor& l
   };
 
   const at::Tensor normalized =
-      at::layer_norm(in(hidden_states).reshape({1, s.hidden}), {s.hidden}, in(ln_weight), in_opt(ln_bias), eps);
-  const at::Tensor qkv = at::linear(normalized, in(qkv_weight), in_opt(qkv_bias)).view({s.heads, 3 * d});
+      at::layer_norm(in(a.hidden_states).reshape({1, s.hidden}), {s.hidden}, in(a.ln_weight), in_opt(a.ln_bias), a.eps);
+  const at::Tensor qkv = at::linear(normalized, in(a.qkv_weight), in_opt(a.qkv_bias)).view({s.heads, 3 * d});
   const at::Tensor query = rotary(qkv.narrow(1, 0, d));
-  key_cache.select(0, 0).select(1, position).copy_(rotary(qkv.narrow(1, d, d)));
-  value_cache.select(0, 0).select(1, position).copy_(qkv.narrow(1, 2 * d, d));
+  a.key_cache.select(0, 0).select(1, position).copy_(rotary(qkv.narrow(1, d, d)));
+  a.value_cache.select(0, 0).select(1, position).copy_(qkv.narrow(1, 2 * d, d));
 
-  const at::Tensor keys = in(key_cache.select(0, 0).narrow(1, 0, position + 1));  // [heads, position + 1, head_dim]
-  const at::Tensor values = in(value_cache.select(0, 0).narrow(1, 0, position + 1));
+  const at::Tensor keys = in(a.key_cache.select(0, 0).narrow(1, 0, position + 1));  // [heads, position + 1, head_dim]
+  const at::Tensor values = in(a.value_cache.select(0, 0).narrow(1, 0, position + 1));
   at::Tensor scores = at::matmul(query.unsqueeze(1), keys.transpose(1, 2)).squeeze(1) * std::pow(d, -0.5);
-  if (attention_mask.has_value()) {
-    const at::Tensor row = attention_mask->reshape({-1}).narrow(0, 0, position + 1);
+  if (a.attention_mask.has_value()) {
+    const at::Tensor row = a.attention_mask->reshape({-1}).narrow(0, 0, position + 1);
     scores = row.scalar_type() == at::kBool
                  ? scores.masked_fill(row.logical_not(), -std::numeric_limits<double>::infinity())
                  : scores + in(row);
   }
   const at::Tensor attn = at::matmul(at::softmax(scores, -1).unsqueeze(1), values).reshape({1, s.hidden});
-  return at::linear(attn, in(dense_weight), in_opt(dense_bias))
-      .reshape(hidden_states.sizes())
-      .to(hidden_states.scalar_type());
+  return at::linear(attn, in(a.dense_weight), in_opt(a.dense_bias))
+      .reshape(a.hidden_states.sizes())
+      .to(a.hidden_states.scalar_type());
 }
+
+// The composite every gradient runs: checked, computed in the weights' dtype.
+inline at::Tensor composite(const Args& a) { return reference(a, check_args(a), a.qkv_weight.scalar_type()); }
 
 }  // namespace clusterfusion::attention_block

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "../../host/flat_kernel.h"
 #include "checks.h"
 #include "gemv/plan.h"
 #include "reference.h"
@@ -13,25 +14,12 @@ namespace {
 
 const std::initializer_list<at::ScalarType> kCpuDtypes = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
 
-at::Tensor mlp_block_residual_cpu(const at::Tensor& hidden_states, const at::Tensor& attn_output,
-                                  const at::Tensor& ln_weight, const std::optional<at::Tensor>& ln_bias,
-                                  const at::Tensor& up_weight, const std::optional<at::Tensor>& up_bias,
-                                  const at::Tensor& down_weight, const std::optional<at::Tensor>& down_bias,
-                                  double eps, c10::string_view plan, bool /*pdl*/) {
-  check_args(hidden_states, attn_output, ln_weight, ln_bias, up_weight, up_bias, down_weight, down_bias, eps);
-  gemv::parse_plan_pair(kOp, std::string(plan.data(), plan.size()), "UP", "DOWN");
-  check_dtype_allowed(kOp, "up_weight", up_weight, kCpuDtypes, "CPU");
-  const at::ScalarType dtype = up_weight.scalar_type();
-  if (dtype == at::kFloat || dtype == at::kDouble) {
-    return reference(hidden_states, attn_output, ln_weight, ln_bias, up_weight, up_bias, down_weight, down_bias, eps);
-  }
-  auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat); };
-  auto f32_opt = [](const std::optional<at::Tensor>& t) {
-    return t.has_value() ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
-  };
-  return reference(f32(hidden_states), f32(attn_output), f32(ln_weight), f32_opt(ln_bias), f32(up_weight),
-                   f32_opt(up_bias), f32(down_weight), f32_opt(down_bias), eps)
-      .to(dtype);
+at::Tensor mlp_block_residual_cpu(const Args& a) {
+  check_args(a);
+  gemv::parse_plan_pair(kOp, std::string(a.plan.data(), a.plan.size()), "UP", "DOWN");
+  check_dtype_allowed(kOp, "up_weight", a.up_weight, kCpuDtypes, "CPU");
+  const at::ScalarType dtype = a.up_weight.scalar_type();
+  return reference(a, dtype == at::kFloat || dtype == at::kDouble ? dtype : at::kFloat);
 }
 
 std::string unsupported_reason_cpu(const at::Tensor& up_weight, const at::Tensor&) {
@@ -46,7 +34,7 @@ std::vector<int64_t> plan_cpu(const at::Tensor& up_weight, const at::Tensor&, in
 }  // namespace
 
 TORCH_LIBRARY_IMPL(clusterfusion, CPU, m) {
-  m.impl("mlp_block_residual", &mlp_block_residual_cpu);
+  m.impl("mlp_block_residual", &FlatKernel<OpSignature>::of<Args, &mlp_block_residual_cpu>);
   m.impl("mlp_block_residual_unsupported_reason", &unsupported_reason_cpu);
   m.impl("mlp_block_residual_plan", &plan_cpu);
 }

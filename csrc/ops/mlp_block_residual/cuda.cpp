@@ -16,6 +16,7 @@
 
 #include "../../host/device_model.h"
 #include "../../host/dtype.h"
+#include "../../host/flat_kernel.h"
 #include "../../host/tensors.h"
 #include "../mlp_down_residual/run.h"
 #include "checks.h"
@@ -81,42 +82,37 @@ std::vector<int64_t> plan_cuda(const at::Tensor& up_weight, const at::Tensor& do
   return fields;
 }
 
-at::Tensor mlp_block_residual_cuda(const at::Tensor& hidden_states, const at::Tensor& attn_output,
-                                   const at::Tensor& ln_weight, const std::optional<at::Tensor>& ln_bias,
-                                   const at::Tensor& up_weight, const std::optional<at::Tensor>& up_bias,
-                                   const at::Tensor& down_weight, const std::optional<at::Tensor>& down_bias,
-                                   double eps, c10::string_view plan, bool pdl) {
-  const Shape shape =
-      check_args(hidden_states, attn_output, ln_weight, ln_bias, up_weight, up_bias, down_weight, down_bias, eps);
-  check_weights(up_weight, down_weight);
-  const gemv::PlanPair pins = parse_pins(plan);
-  const c10::cuda::CUDAGuard guard(up_weight.device());
+at::Tensor mlp_block_residual_cuda(const Args& a) {
+  const Shape shape = check_args(a);
+  check_weights(a.up_weight, a.down_weight);
+  const gemv::PlanPair pins = parse_pins(a.plan);
+  const c10::cuda::CUDAGuard guard(a.up_weight.device());
 
   if (shape.m > Tile::kMaxM) {
-    return reference(hidden_states, attn_output, ln_weight, ln_bias, up_weight, up_bias, down_weight, down_bias, eps);
+    return reference(a, a.up_weight.scalar_type());
   }
-  at::Tensor out = at::empty_like(hidden_states, at::MemoryFormat::Contiguous);
+  at::Tensor out = at::empty_like(a.hidden_states, at::MemoryFormat::Contiguous);
   if (shape.m == 0) return out;
 
-  const at::Tensor hidden = contiguous_aligned(hidden_states.reshape({shape.m, shape.hidden}));
-  const at::Tensor attn = attn_output.reshape({shape.m, shape.hidden}).contiguous();
+  const at::Tensor hidden = contiguous_aligned(a.hidden_states.reshape({shape.m, shape.hidden}));
+  const at::Tensor attn = a.attn_output.reshape({shape.m, shape.hidden}).contiguous();
   const std::optional<at::Tensor> b_up =
-      up_bias.has_value() ? std::optional<at::Tensor>(up_bias->contiguous()) : std::nullopt;
+      a.up_bias.has_value() ? std::optional<at::Tensor>(a.up_bias->contiguous()) : std::nullopt;
   const std::optional<at::Tensor> b_down =
-      down_bias.has_value() ? std::optional<at::Tensor>(down_bias->contiguous()) : std::nullopt;
+      a.down_bias.has_value() ? std::optional<at::Tensor>(a.down_bias->contiguous()) : std::nullopt;
   const at::Tensor normalized = at::empty({shape.m, shape.hidden}, hidden.options());
   const at::Tensor intermediate = at::empty({shape.m, shape.ffn}, hidden.options());
-  layer_norm::run(hidden, ln_weight, ln_bias, normalized, eps, pdl);
-  gemv::run_bias_projection(kOp, Activation::kExactGelu, normalized, up_weight, b_up, intermediate, pins.first, pdl);
-  mlp_down_residual::run_down(kOp, hidden, attn, intermediate, down_weight, b_down, out.view({shape.m, shape.hidden}),
-                     pins.second, pdl);
+  layer_norm::run(hidden, a.ln_weight, a.ln_bias, normalized, a.eps, a.pdl);
+  gemv::run_bias_projection(kOp, Activation::kExactGelu, normalized, a.up_weight, b_up, intermediate, pins.first, a.pdl);
+  mlp_down_residual::run_down(kOp, hidden, attn, intermediate, a.down_weight, b_down, out.view({shape.m, shape.hidden}),
+                     pins.second, a.pdl);
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) {
-  m.impl("mlp_block_residual", &mlp_block_residual_cuda);
+  m.impl("mlp_block_residual", &FlatKernel<OpSignature>::of<Args, &mlp_block_residual_cuda>);
   m.impl("mlp_block_residual_unsupported_reason", &unsupported_reason_cuda);
   m.impl("mlp_block_residual_plan", &plan_cuda);
 }

@@ -1,5 +1,5 @@
-// The dispatcher handle of clusterfusion::mlp_block_residual, for the autograd
-// kernel's redispatch.
+// clusterfusion::mlp_block_residual's arguments (the struct every backend
+// takes), its flat signature and its dispatcher handle, for the autograd kernel's redispatch.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,6 +8,21 @@
 #include <optional>
 
 namespace clusterfusion::mlp_block_residual {
+
+// In schema order (registration.cpp).
+struct Args {
+  const at::Tensor& hidden_states;
+  const at::Tensor& attn_output;
+  const at::Tensor& ln_weight;
+  const std::optional<at::Tensor>& ln_bias;
+  const at::Tensor& up_weight;
+  const std::optional<at::Tensor>& up_bias;
+  const at::Tensor& down_weight;
+  const std::optional<at::Tensor>& down_bias;
+  double eps;
+  c10::string_view plan;
+  bool pdl;
+};
 
 using OpSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                const std::optional<at::Tensor>&, const at::Tensor&, const std::optional<at::Tensor>&,

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "../../host/flat_kernel.h"
 #include "checks.h"
 #include "gemv/plan.h"
 #include "reference.h"
@@ -15,14 +16,11 @@ namespace {
 
 const std::initializer_list<at::ScalarType> kCpuDtypes = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
 
-at::Tensor mlp_down_residual_cpu(const at::Tensor& hidden_states, const at::Tensor& attn_output,
-                                 const at::Tensor& mlp_intermediate, const at::Tensor& weight,
-                                 const std::optional<at::Tensor>& bias, c10::string_view plan,
-                                 bool /*pdl*/) {
-  check_args(hidden_states, attn_output, mlp_intermediate, weight, bias);
-  gemv::parse_plan(kOp, std::string(plan.data(), plan.size()));
-  check_dtype_allowed(kOp, "weight", weight, kCpuDtypes, "CPU");
-  return reference(hidden_states, attn_output, mlp_intermediate, weight, bias);
+at::Tensor mlp_down_residual_cpu(const Args& a) {
+  check_args(a);
+  gemv::parse_plan(kOp, std::string(a.plan.data(), a.plan.size()));
+  check_dtype_allowed(kOp, "weight", a.weight, kCpuDtypes, "CPU");
+  return reference(a);
 }
 
 std::string unsupported_reason_cpu(const at::Tensor& weight) {
@@ -37,7 +35,7 @@ std::vector<int64_t> plan_cpu(const at::Tensor& weight, int64_t, c10::string_vie
 }  // namespace
 
 TORCH_LIBRARY_IMPL(clusterfusion, CPU, m) {
-  m.impl("mlp_down_residual", &mlp_down_residual_cpu);
+  m.impl("mlp_down_residual", &FlatKernel<OpSignature>::of<Args, &mlp_down_residual_cpu>);
   m.impl("mlp_down_residual_unsupported_reason", &unsupported_reason_cpu);
   m.impl("mlp_down_residual_plan", &plan_cpu);
 }

@@ -12,6 +12,7 @@
 
 #include "../../host/device_model.h"
 #include "../../host/dtype.h"
+#include "../../host/flat_kernel.h"
 #include "../../host/tensors.h"
 #include "checks.h"
 #include "gemv/operands.h"
@@ -55,25 +56,23 @@ std::vector<int64_t> plan_cuda(const at::Tensor& weight, int64_t m, c10::string_
   return gemv::plan_fields(plan_of(kOp, weight, m, gemv::parse_plan(kOp, std::string(plan.data(), plan.size()))));
 }
 
-at::Tensor mlp_down_residual_cuda(const at::Tensor& hidden_states, const at::Tensor& attn_output,
-                                  const at::Tensor& mlp_intermediate, const at::Tensor& weight,
-                                  const std::optional<at::Tensor>& bias, c10::string_view plan, bool pdl) {
-  const Shape shape = check_args(hidden_states, attn_output, mlp_intermediate, weight, bias);
-  check_weight(weight);
-  const gemv::PlanOverride pin = gemv::parse_plan(kOp, std::string(plan.data(), plan.size()));
-  const c10::cuda::CUDAGuard guard(weight.device());
+at::Tensor mlp_down_residual_cuda(const Args& a) {
+  const Shape shape = check_args(a);
+  check_weight(a.weight);
+  const gemv::PlanOverride pin = gemv::parse_plan(kOp, std::string(a.plan.data(), a.plan.size()));
+  const c10::cuda::CUDAGuard guard(a.weight.device());
 
-  if (shape.m > Tile::kMaxM) return reference(hidden_states, attn_output, mlp_intermediate, weight, bias);
-  at::Tensor out = at::empty_like(hidden_states, at::MemoryFormat::Contiguous);
+  if (shape.m > Tile::kMaxM) return reference(a);
+  at::Tensor out = at::empty_like(a.hidden_states, at::MemoryFormat::Contiguous);
   if (shape.m == 0) return out;
 
-  const at::Tensor hidden = hidden_states.contiguous();
-  const at::Tensor attn = attn_output.contiguous();
-  const at::Tensor x = contiguous_aligned(mlp_intermediate.reshape({shape.m, shape.k}));
+  const at::Tensor hidden = a.hidden_states.contiguous();
+  const at::Tensor attn = a.attn_output.contiguous();
+  const at::Tensor x = contiguous_aligned(a.mlp_intermediate.reshape({shape.m, shape.k}));
   const std::optional<at::Tensor> b =
-      bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+      a.bias.has_value() ? std::optional<at::Tensor>(a.bias->contiguous()) : std::nullopt;
 
-  run_down(kOp, hidden, attn, x, weight, b, out, pin, pdl);
+  run_down(kOp, hidden, attn, x, a.weight, b, out, pin, a.pdl);
   return out;
 }
 
@@ -100,7 +99,7 @@ void run_down(const char* op, const at::Tensor& hidden, const at::Tensor& attn, 
 }
 
 TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) {
-  m.impl("mlp_down_residual", &mlp_down_residual_cuda);
+  m.impl("mlp_down_residual", &FlatKernel<OpSignature>::of<Args, &mlp_down_residual_cuda>);
   m.impl("mlp_down_residual_unsupported_reason", &unsupported_reason_cuda);
   m.impl("mlp_down_residual_plan", &plan_cuda);
 }

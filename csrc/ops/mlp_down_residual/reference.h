@@ -7,16 +7,16 @@
 
 #include <optional>
 
+#include "op.h"
+
 namespace clusterfusion::mlp_down_residual {
 
-inline at::Tensor reference(const at::Tensor& hidden_states, const at::Tensor& attn_output,
-                            const at::Tensor& mlp_intermediate, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias) {
-  const int64_t n = weight.size(0);
-  const int64_t k = weight.size(1);
-  at::Tensor out = at::linear(mlp_intermediate.reshape({-1, k}), weight, bias);
-  out.add_(attn_output.reshape({-1, n})).add_(hidden_states.reshape({-1, n}));
-  return out.reshape(hidden_states.sizes());
+inline at::Tensor reference(const Args& a) {
+  const int64_t n = a.weight.size(0);
+  const int64_t k = a.weight.size(1);
+  at::Tensor out = at::linear(a.mlp_intermediate.reshape({-1, k}), a.weight, a.bias);
+  out.add_(a.attn_output.reshape({-1, n})).add_(a.hidden_states.reshape({-1, n}));
+  return out.reshape(a.hidden_states.sizes());
 }
 
 }  // namespace clusterfusion::mlp_down_residual
