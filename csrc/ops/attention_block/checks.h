@@ -86,10 +86,11 @@ inline Shape check_args(const Args& a) {
   TORCH_CHECK_VALUE(dense_weight.dim() == 2 && dense_weight.size(0) == hidden && dense_weight.size(1) == hidden, kOp,
                     ": argument 'dense_weight' must have shape [", hidden, ", ", hidden,
                     "] (HuggingFace's dense.weight); got shape ", dense_weight.sizes());
-  TORCH_CHECK_VALUE(a.hidden_states.dim() >= 1 && a.hidden_states.size(-1) == hidden && a.hidden_states.numel() == hidden,
-                    kOp, ": argument 'hidden_states' must hold one token, [..., ", hidden,
-                    "] with every other dimension 1 (the op decodes one new token of one sequence); got shape ",
-                    a.hidden_states.sizes());
+  TORCH_CHECK_VALUE(
+      a.hidden_states.dim() >= 1 && a.hidden_states.size(-1) == hidden && a.hidden_states.numel() == hidden, kOp,
+      ": argument 'hidden_states' must hold one token, [..., ", hidden,
+      "] with every other dimension 1 (the op decodes one new token of one sequence); got shape ",
+      a.hidden_states.sizes());
   check_vector(kOp, "ln_weight", a.ln_weight, hidden, "hidden");
   check_vector(kOp, "ln_bias", a.ln_bias, hidden, "hidden");
   check_vector(kOp, "qkv_bias", a.qkv_bias, 3 * hidden, "3 * hidden");

@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "../../host/backend.h"
 #include "../../host/flat_kernel.h"
 #include "checks.h"
 #include "gemv/plan.h"
@@ -15,31 +16,26 @@
 namespace clusterfusion::attention_block {
 namespace {
 
-const std::initializer_list<at::ScalarType> kCpuDtypes = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
-
 at::Tensor attention_block_cpu(const Args& a) {
   const Shape shape = check_args(a);
   gemv::parse_plan_pair(kOp, std::string(a.plan.data(), a.plan.size()), "QKV", "DENSE");
   check_dtype_allowed(kOp, "qkv_weight", a.qkv_weight, kCpuDtypes, "CPU");
-  const at::ScalarType dtype = a.qkv_weight.scalar_type();
-  return reference(a, shape, dtype == at::kFloat || dtype == at::kDouble ? dtype : at::kFloat);
+  return reference(a, shape, cpu_compute_dtype(a.qkv_weight.scalar_type()));
 }
 
 std::string unsupported_reason_cpu(const at::Tensor& qkv_weight, const at::Tensor&, int64_t) {
-  return failure_message([&] { check_dtype_allowed(kOp, "qkv_weight", qkv_weight, kCpuDtypes, "CPU"); });
+  return cpu_unsupported_reason(kOp, "qkv_weight", qkv_weight);
 }
 
 std::vector<int64_t> plan_cpu(const at::Tensor& qkv_weight, const at::Tensor&, c10::string_view) {
-  TORCH_CHECK_VALUE(false, kOp, ": launch plans exist for CUDA weights only; argument 'qkv_weight' is on ",
-                    qkv_weight.device());
+  cpu_has_no_plan(kOp, "qkv_weight", qkv_weight);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(clusterfusion, CPU, m) {
-  m.impl("attention_block", &FlatKernel<OpSignature>::of<Args, &attention_block_cpu>);
-  m.impl("attention_block_unsupported_reason", &unsupported_reason_cpu);
-  m.impl("attention_block_plan", &plan_cpu);
+  impl_op(m, "attention_block", &FlatKernel<OpSignature>::of<Args, &attention_block_cpu>, &unsupported_reason_cpu,
+          &plan_cpu);
 }
 
 }  // namespace clusterfusion::attention_block

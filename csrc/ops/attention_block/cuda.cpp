@@ -18,6 +18,7 @@
 #include <cmath>
 #include <string>
 
+#include "../../host/backend.h"
 #include "../../host/device_model.h"
 #include "../../host/dtype.h"
 #include "../../host/flat_kernel.h"
@@ -34,8 +35,6 @@ namespace {
 
 using gemv::Activation;
 
-const std::initializer_list<at::ScalarType> kCudaDtypes = {at::kHalf, at::kBFloat16};
-
 gemv::PlanPair parse_pins(c10::string_view plan) {
   return gemv::parse_plan_pair(kOp, std::string(plan.data(), plan.size()), "QKV", "DENSE");
 }
@@ -43,8 +42,8 @@ gemv::PlanPair parse_pins(c10::string_view plan) {
 // What the projections need of the weights: CUDA fp16/bf16 matrices they can stream.
 void check_streamable(const at::Tensor& qkv_weight, const at::Tensor& dense_weight) {
   TORCH_CHECK_VALUE(qkv_weight.dim() == 2 && dense_weight.dim() == 2, kOp,
-                    ": arguments 'qkv_weight' and 'dense_weight' must be 2-D; got shapes ", qkv_weight.sizes(),
-                    " and ", dense_weight.sizes());
+                    ": arguments 'qkv_weight' and 'dense_weight' must be 2-D; got shapes ", qkv_weight.sizes(), " and ",
+                    dense_weight.sizes());
   TORCH_CHECK_VALUE(qkv_weight.is_cuda(), kOp, ": argument 'qkv_weight' must be a CUDA tensor; got ",
                     qkv_weight.device());
   check_dtype_allowed(kOp, "qkv_weight", qkv_weight, kCudaDtypes, "CUDA");
@@ -60,8 +59,7 @@ void check_weights(const at::Tensor& qkv_weight, const at::Tensor& dense_weight,
                     ": hidden = qkv_weight.shape[1] must be at most ", layer_norm::max_features(),
                     " (the LayerNorm kernel's row); got ", qkv_weight.size(1));
   TORCH_CHECK_VALUE(head_dim_supported(static_cast<int>(head_dim)), kOp,
-                    ": head_dim = key_cache.shape[3] must be 64, 80, 96 or 128 (the Pythia family's); got ",
-                    head_dim);
+                    ": head_dim = key_cache.shape[3] must be 64, 80, 96 or 128 (the Pythia family's); got ", head_dim);
 }
 
 std::string unsupported_reason_cuda(const at::Tensor& qkv_weight, const at::Tensor& dense_weight, int64_t head_dim) {
@@ -113,15 +111,14 @@ at::Tensor attention_block_cuda(const Args& a) {
   const at::Tensor attn = at::empty({1, shape.hidden}, options);
   const int workers = attention_workers(static_cast<int>(shape.heads), static_cast<int>(shape.max_len),
                                         device_model(a.qkv_weight.device().index()).sm_count);
-  const at::Tensor partials =
-      at::empty({shape.heads * workers * (shape.head_dim + 2)}, options.dtype(at::kFloat));
+  const at::Tensor partials = at::empty({shape.heads * workers * (shape.head_dim + 2)}, options.dtype(at::kFloat));
   const at::Tensor arrivals = at::empty({shape.heads}, options.dtype(at::kInt));  // zeroed by the LayerNorm
   const at::Tensor c = a.cos.reshape({-1}).contiguous();
   const at::Tensor s = a.sin.reshape({-1}).contiguous();
   const at::Tensor position = a.cache_position.reshape({-1});
-  const std::optional<at::Tensor> mask =
-      a.attention_mask.has_value() ? std::optional<at::Tensor>(a.attention_mask->reshape({-1}).contiguous())
-                                 : std::nullopt;
+  const std::optional<at::Tensor> mask = a.attention_mask.has_value()
+                                             ? std::optional<at::Tensor>(a.attention_mask->reshape({-1}).contiguous())
+                                             : std::nullopt;
   auto contiguous = [](const std::optional<at::Tensor>& t) {
     return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
   };
@@ -157,9 +154,8 @@ at::Tensor attention_block_cuda(const Args& a) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) {
-  m.impl("attention_block", &FlatKernel<OpSignature>::of<Args, &attention_block_cuda>);
-  m.impl("attention_block_unsupported_reason", &unsupported_reason_cuda);
-  m.impl("attention_block_plan", &plan_cuda);
+  impl_op(m, "attention_block", &FlatKernel<OpSignature>::of<Args, &attention_block_cuda>, &unsupported_reason_cuda,
+          &plan_cuda);
 }
 
 }  // namespace clusterfusion::attention_block

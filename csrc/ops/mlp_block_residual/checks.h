@@ -31,8 +31,8 @@ inline Shape check_args(const Args& a) {
                     a.up_weight.sizes());
   TORCH_CHECK_VALUE(a.down_weight.dim() == 2 && a.down_weight.size(0) == hidden && a.down_weight.size(1) == ffn, kOp,
                     ": argument 'down_weight' must have shape [", hidden, ", ", ffn,
-                    "] ([hidden, ffn], HuggingFace's dense_4h_to_h.weight, matching up_weight's [ffn, hidden] = [",
-                    ffn, ", ", hidden, "]); got shape ", a.down_weight.sizes());
+                    "] ([hidden, ffn], HuggingFace's dense_4h_to_h.weight, matching up_weight's [ffn, hidden] = [", ffn,
+                    ", ", hidden, "]); got shape ", a.down_weight.sizes());
   check_residuals(kOp, a.hidden_states, a.attn_output, hidden, "up_weight.shape[1]");
   check_vector(kOp, "ln_weight", a.ln_weight, hidden, "hidden");
   check_vector(kOp, "ln_bias", a.ln_bias, hidden, "hidden");

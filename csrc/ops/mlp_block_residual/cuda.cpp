@@ -14,6 +14,7 @@
 
 #include <string>
 
+#include "../../host/backend.h"
 #include "../../host/device_model.h"
 #include "../../host/dtype.h"
 #include "../../host/flat_kernel.h"
@@ -38,15 +39,12 @@ gemv::PlanPair parse_pins(c10::string_view plan) {
   return gemv::parse_plan_pair(kOp, std::string(plan.data(), plan.size()), "UP", "DOWN");
 }
 
-const std::initializer_list<at::ScalarType> kCudaDtypes = {at::kHalf, at::kBFloat16};
-
 // What the kernels need of the weights alone: CUDA fp16/bf16 matrices they can stream.
 void check_weights(const at::Tensor& up_weight, const at::Tensor& down_weight) {
   TORCH_CHECK_VALUE(up_weight.dim() == 2 && down_weight.dim() == 2, kOp,
                     ": arguments 'up_weight' and 'down_weight' must be 2-D; got shapes ", up_weight.sizes(), " and ",
                     down_weight.sizes());
-  TORCH_CHECK_VALUE(up_weight.is_cuda(), kOp, ": argument 'up_weight' must be a CUDA tensor; got ",
-                    up_weight.device());
+  TORCH_CHECK_VALUE(up_weight.is_cuda(), kOp, ": argument 'up_weight' must be a CUDA tensor; got ", up_weight.device());
   check_dtype_allowed(kOp, "up_weight", up_weight, kCudaDtypes, "CUDA");
   check_like(kOp, {"up_weight", &up_weight}, {{"down_weight", &down_weight}});
   check_tma_streamable(kOp, "up_weight", up_weight, "hidden");
@@ -103,18 +101,18 @@ at::Tensor mlp_block_residual_cuda(const Args& a) {
   const at::Tensor normalized = at::empty({shape.m, shape.hidden}, hidden.options());
   const at::Tensor intermediate = at::empty({shape.m, shape.ffn}, hidden.options());
   layer_norm::run(hidden, a.ln_weight, a.ln_bias, normalized, a.eps, a.pdl);
-  gemv::run_bias_projection(kOp, Activation::kExactGelu, normalized, a.up_weight, b_up, intermediate, pins.first, a.pdl);
+  gemv::run_bias_projection(kOp, Activation::kExactGelu, normalized, a.up_weight, b_up, intermediate, pins.first,
+                            a.pdl);
   mlp_down_residual::run_down(kOp, hidden, attn, intermediate, a.down_weight, b_down, out.view({shape.m, shape.hidden}),
-                     pins.second, a.pdl);
+                              pins.second, a.pdl);
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) {
-  m.impl("mlp_block_residual", &FlatKernel<OpSignature>::of<Args, &mlp_block_residual_cuda>);
-  m.impl("mlp_block_residual_unsupported_reason", &unsupported_reason_cuda);
-  m.impl("mlp_block_residual_plan", &plan_cuda);
+  impl_op(m, "mlp_block_residual", &FlatKernel<OpSignature>::of<Args, &mlp_block_residual_cuda>,
+          &unsupported_reason_cuda, &plan_cuda);
 }
 
 }  // namespace clusterfusion::mlp_block_residual

@@ -29,9 +29,8 @@ using OpSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::T
                                const at::Tensor&, const std::optional<at::Tensor>&, double, c10::string_view, bool);
 
 inline const c10::TypedOperatorHandle<OpSignature>& op_handle() {
-  static const auto handle = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("clusterfusion::mlp_block_residual", "")
-                                 .typed<OpSignature>();
+  static const auto handle =
+      c10::Dispatcher::singleton().findSchemaOrThrow("clusterfusion::mlp_block_residual", "").typed<OpSignature>();
   return handle;
 }
 

@@ -37,10 +37,10 @@ inline Shape check_args(const Args& a) {
                     "]; pass HuggingFace's dense_4h_to_h.weight as stored, [hidden, ffn] = [", k, ", ", n, "]");
   check_residuals(kOp, a.hidden_states, a.attn_output, n, "weight.shape[0]");
   const int64_t m = a.hidden_states.numel() / n;
-  TORCH_CHECK_VALUE(a.mlp_intermediate.dim() >= 1 && a.mlp_intermediate.size(-1) == k &&
-                        a.mlp_intermediate.numel() / k == m,
-                    kOp, ": argument 'mlp_intermediate' must have shape [", k, "] or [..., ", k, "] with ", m,
-                    " row(s) like hidden_states (ffn = weight.shape[1]); got shape ", a.mlp_intermediate.sizes());
+  TORCH_CHECK_VALUE(
+      a.mlp_intermediate.dim() >= 1 && a.mlp_intermediate.size(-1) == k && a.mlp_intermediate.numel() / k == m, kOp,
+      ": argument 'mlp_intermediate' must have shape [", k, "] or [..., ", k, "] with ", m,
+      " row(s) like hidden_states (ffn = weight.shape[1]); got shape ", a.mlp_intermediate.sizes());
   if (a.bias.has_value()) {
     TORCH_CHECK_VALUE(a.bias->dim() == 1 && a.bias->size(0) == n, kOp, ": argument 'bias' must have shape [", n,
                       "]; got shape ", a.bias->sizes());

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "../../host/backend.h"
 #include "../../host/flat_kernel.h"
 #include "checks.h"
 #include "gemv/plan.h"
@@ -14,8 +15,6 @@
 namespace clusterfusion::mlp_down_residual {
 namespace {
 
-const std::initializer_list<at::ScalarType> kCpuDtypes = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
-
 at::Tensor mlp_down_residual_cpu(const Args& a) {
   check_args(a);
   gemv::parse_plan(kOp, std::string(a.plan.data(), a.plan.size()));
@@ -23,21 +22,17 @@ at::Tensor mlp_down_residual_cpu(const Args& a) {
   return reference(a);
 }
 
-std::string unsupported_reason_cpu(const at::Tensor& weight) {
-  return failure_message([&] { check_dtype_allowed(kOp, "weight", weight, kCpuDtypes, "CPU"); });
-}
+std::string unsupported_reason_cpu(const at::Tensor& weight) { return cpu_unsupported_reason(kOp, "weight", weight); }
 
 std::vector<int64_t> plan_cpu(const at::Tensor& weight, int64_t, c10::string_view) {
-  TORCH_CHECK_VALUE(false, kOp, ": launch plans exist for CUDA weights only; argument 'weight' is on ",
-                    weight.device());
+  cpu_has_no_plan(kOp, "weight", weight);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(clusterfusion, CPU, m) {
-  m.impl("mlp_down_residual", &FlatKernel<OpSignature>::of<Args, &mlp_down_residual_cpu>);
-  m.impl("mlp_down_residual_unsupported_reason", &unsupported_reason_cpu);
-  m.impl("mlp_down_residual_plan", &plan_cpu);
+  impl_op(m, "mlp_down_residual", &FlatKernel<OpSignature>::of<Args, &mlp_down_residual_cpu>, &unsupported_reason_cpu,
+          &plan_cpu);
 }
 
 }  // namespace clusterfusion::mlp_down_residual

@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "../../host/backend.h"
 #include "../../host/device_model.h"
 #include "../../host/dtype.h"
 #include "../../host/flat_kernel.h"
@@ -17,13 +18,11 @@
 #include "checks.h"
 #include "gemv/operands.h"
 #include "launch.h"
-#include "run.h"
 #include "reference.h"
+#include "run.h"
 
 namespace clusterfusion::mlp_down_residual {
 namespace {
-
-const std::initializer_list<at::ScalarType> kCudaDtypes = {at::kHalf, at::kBFloat16};
 
 // What the kernel needs of the weight alone: a CUDA fp16/bf16 matrix it can stream.
 void check_weight(const at::Tensor& weight) {
@@ -99,9 +98,8 @@ void run_down(const char* op, const at::Tensor& hidden, const at::Tensor& attn, 
 }
 
 TORCH_LIBRARY_IMPL(clusterfusion, CUDA, m) {
-  m.impl("mlp_down_residual", &FlatKernel<OpSignature>::of<Args, &mlp_down_residual_cuda>);
-  m.impl("mlp_down_residual_unsupported_reason", &unsupported_reason_cuda);
-  m.impl("mlp_down_residual_plan", &plan_cuda);
+  impl_op(m, "mlp_down_residual", &FlatKernel<OpSignature>::of<Args, &mlp_down_residual_cuda>, &unsupported_reason_cuda,
+          &plan_cuda);
 }
 
 }  // namespace clusterfusion::mlp_down_residual

@@ -25,9 +25,8 @@ using OpSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::T
                                const std::optional<at::Tensor>&, c10::string_view, bool);
 
 inline const c10::TypedOperatorHandle<OpSignature>& op_handle() {
-  static const auto handle = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("clusterfusion::mlp_down_residual", "")
-                                 .typed<OpSignature>();
+  static const auto handle =
+      c10::Dispatcher::singleton().findSchemaOrThrow("clusterfusion::mlp_down_residual", "").typed<OpSignature>();
   return handle;
 }
 
