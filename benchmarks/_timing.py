@@ -167,6 +167,21 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, shapes, dtypes, arm
     parser.add_argument("--json", default=json)
 
 
+def add_context_arguments(parser: argparse.ArgumentParser, contexts: list[int]) -> None:
+    """``--contexts`` (tokens attended to) and ``--max-len`` (positions the static caches hold)."""
+    parser.add_argument("--contexts", nargs="+", type=int, default=contexts,
+                        help="tokens attended to, the new one included")
+    parser.add_argument("--max-len", type=int, default=2048, help="positions the static caches hold")
+
+
+def parse_context_arguments(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """Parses argv, checking every context fits the caches."""
+    args = parser.parse_args(argv)
+    if any(c < 1 or c > args.max_len for c in args.contexts):
+        parser.error(f"--contexts must be in [1, --max-len = {args.max_len}]; got {args.contexts}")
+    return args
+
+
 def start(name: str, reps: int):
     """Seeds torch, lets torch.compile keep a graph per row, names the card and measures
     its read ceiling (printed); returns (card, ceiling TB/s, each probe's TB/s), or None without a GPU."""

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 import clusterfusion
-from _timing import (add_common_arguments, after_residual, graph_us, launch_tuning, print_markdown_table, print_row,
-                     residual_only, save_results, start)
+from _timing import (add_common_arguments, add_context_arguments, after_residual, graph_us, launch_tuning,
+                     parse_context_arguments, print_markdown_table, print_row, residual_only, save_results, start)
 
 # hidden, heads, rotary_dims
 SHAPES = {"2.8b": (2560, 32, 20), "6.9b": (4096, 32, 32)}
@@ -142,12 +142,8 @@ def main(argv=None) -> int:
     add_common_arguments(parser, shapes=SHAPES, dtypes=DTYPES, arms=ARMS, m=None, reps=50,
                          json="bench_attention_block.json",
                          plan_help='pin clusterfusion\'s two launch plans, "QKV;DENSE" (default: the planner\'s)')
-    parser.add_argument("--contexts", nargs="+", type=int, default=[128, 1024, 2048],
-                        help="tokens attended to, the new one included")
-    parser.add_argument("--max-len", type=int, default=2048, help="positions the static caches hold")
-    args = parser.parse_args(argv)
-    if any(c < 1 or c > args.max_len for c in args.contexts):
-        parser.error(f"--contexts must be in [1, --max-len = {args.max_len}]; got {args.contexts}")
+    add_context_arguments(parser, [128, 1024, 2048])
+    args = parse_context_arguments(parser, argv)
     started = start("bench_attention_block", args.reps)
     if started is None:
         return 1

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 import clusterfusion
-from _timing import add_common_arguments, graph_us, launch_tuning, print_markdown_table, print_row, save_results, start
+from _timing import (add_common_arguments, add_context_arguments, graph_us, launch_tuning, parse_context_arguments,
+                     print_markdown_table, print_row, save_results, start)
 from bench_attention_block import huggingface_branch
 
 # hidden, heads, rotary_dims, ffn
@@ -100,12 +101,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, shapes=SHAPES, dtypes=DTYPES, arms=ARMS, m=None, reps=50, json="bench_layer.json",
                          plan_help='pin the attention block\'s two launch plans, "QKV;DENSE" (default: the planner\'s)')
-    parser.add_argument("--contexts", nargs="+", type=int, default=[128, 1024],
-                        help="tokens attended to, the new one included")
-    parser.add_argument("--max-len", type=int, default=2048, help="positions the static caches hold")
-    args = parser.parse_args(argv)
-    if any(c < 1 or c > args.max_len for c in args.contexts):
-        parser.error(f"--contexts must be in [1, --max-len = {args.max_len}]; got {args.contexts}")
+    add_context_arguments(parser, [128, 1024])
+    args = parse_context_arguments(parser, argv)
     started = start("bench_layer", args.reps)
     if started is None:
         return 1
