@@ -223,8 +223,8 @@ def run_layer_plan(plan: LayerPlan, hidden_states, attn_ln_weight, attn_ln_bias,
 
         partial = torch.zeros(s.hidden, dtype=acc)
         for rank in range(plan.cluster_size):
-            out_rows = plan.dense_rows(plan.head_cluster[head], rank)
-            partial[out_rows.start:out_rows.stop] = a(dense_weight[out_rows.start:out_rows.stop, hd * head:hd * (head + 1)]) @ attn
+            r = plan.dense_rows(plan.head_cluster[head], rank)
+            partial[r.start:r.stop] = a(dense_weight[r.start:r.stop, hd * head:hd * (head + 1)]) @ attn
         head_partials.append(partial)
 
     slice_partials = []
