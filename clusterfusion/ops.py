@@ -20,6 +20,7 @@ __all__ = [
     "attention_block_plan",
     "attention_block_unsupported_reason",
     "AttentionBlockPlan",
+    "gpt_neox_layer",
     "mlp_block_residual",
     "mlp_block_residual_plan",
     "mlp_block_residual_unsupported_reason",
@@ -347,12 +348,7 @@ def attention_block(
         TypeError: mixed or unsupported dtypes, a ``cache_position`` that is not an int64 tensor.
         RuntimeError: a GPU this build has no code for, or a pinned plan that does not fit it.
     """
-    if not isinstance(cache_position, torch.Tensor):
-        raise TypeError(
-            "clusterfusion.attention_block: argument 'cache_position' must be an int64 tensor on the weights' "
-            f"device (read there, so a CUDA graph replays as it advances); got {type(cache_position).__name__} "
-            f"{cache_position!r}"
-        )
+    _check_position_is_a_tensor("attention_block", cache_position)
     tuning = current_tuning()
     return torch.ops.clusterfusion.attention_block(
         hidden_states, ln_weight, ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias, cos, sin, key_cache,
@@ -389,6 +385,61 @@ def attention_block_unsupported_reason(
     """Why :func:`attention_block` would reject these weights and head size on
     their device, or ``None`` (as :func:`mlp_down_residual_unsupported_reason`)."""
     return torch.ops.clusterfusion.attention_block_unsupported_reason(qkv_weight, dense_weight, head_dim) or None
+
+
+def gpt_neox_layer(
+    hidden_states: torch.Tensor,
+    attn_ln_weight: torch.Tensor,
+    attn_ln_bias: torch.Tensor | None,
+    qkv_weight: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    dense_weight: torch.Tensor,
+    dense_bias: torch.Tensor | None,
+    mlp_ln_weight: torch.Tensor,
+    mlp_ln_bias: torch.Tensor | None,
+    up_weight: torch.Tensor,
+    up_bias: torch.Tensor | None,
+    down_weight: torch.Tensor,
+    down_bias: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    cache_position: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    attention_plan: str | None = None,
+    block_plan: str | None = None,
+    pdl: bool | None = None,
+) -> torch.Tensor:
+    """GPT-NeoX's parallel-residual decode layer for one new token:
+    ``hidden_states + attention(ln1(hidden_states)) + mlp(ln2(hidden_states))``,
+    appending this token's key and value to the caches at ``cache_position``.
+
+    Today it is :func:`attention_block` followed by :func:`mlp_block_residual` (with
+    the attention output as ``attn_output``), so it takes their inputs, dtypes,
+    devices and results, bit for bit; the one-launch kernel of the layer is the
+    next step (docs/design.md). Arguments are the attention block's (its LayerNorm
+    as ``attn_ln_weight``, ``attn_ln_bias``) and the MLP block's (``mlp_ln_weight``,
+    ``mlp_ln_bias``, ``up_*``, ``down_*``); one ``eps`` serves both LayerNorms, as in
+    GPT-NeoX's config. ``attention_plan`` and ``block_plan`` pin the blocks' launch
+    plans (``None``: the enclosing :func:`clusterfusion.tuning` block's).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as the two blocks; a LayerNorm parameter
+            of the wrong shape names this op's argument.
+    """
+    _check_position_is_a_tensor("gpt_neox_layer", cache_position)
+    tuning = current_tuning()
+    return torch.ops.clusterfusion.gpt_neox_layer(
+        hidden_states, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias, mlp_ln_weight,
+        mlp_ln_bias, up_weight, up_bias, down_weight, down_bias, cos, sin, key_cache, value_cache, cache_position,
+        attention_mask, eps,
+        attention_plan=tuning.attention_plan if attention_plan is None else attention_plan,
+        block_plan=tuning.block_plan if block_plan is None else block_plan,
+        pdl=tuning.pdl if pdl is None else pdl,
+    )
 
 
 def sample_tokens(
@@ -530,6 +581,15 @@ def pythia_6b9_mlp_only(
     return torch.ops.clusterfusion.pythia_6b9_mlp_only(
         hidden_states, attn_output, mlp_intermediate, mlp_down_weight, mlp_down_bias
     )
+
+
+def _check_position_is_a_tensor(op: str, cache_position) -> None:
+    """A Python number as ``cache_position`` is a TypeError, not torch's schema error."""
+    if not isinstance(cache_position, torch.Tensor):
+        raise TypeError(
+            f"clusterfusion.{op}: argument 'cache_position' must be an int64 tensor on the weights' device (read "
+            f"there, so a CUDA graph replays as it advances); got {type(cache_position).__name__} {cache_position!r}"
+        )
 
 
 def _plan_pair(kind, fields):
