@@ -103,6 +103,8 @@ def main(argv=None) -> int:
                          plan_help='pin the attention block\'s two launch plans, "QKV;DENSE" (default: the planner\'s)')
     add_context_arguments(parser, [128, 1024])
     args = parse_context_arguments(parser, argv)
+    if not args.context:
+        parser.error("--no-context does not apply: the layer is timed in context only")
     started = start("bench_layer", args.reps)
     if started is None:
         return 1

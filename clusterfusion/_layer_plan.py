@@ -21,7 +21,9 @@ work, and the only places where CTAs wait for each other:
   order, then the slices' partials in slice order.
 
 Slices are dealt so that every CTA streams about the same number of weight bytes
-(heads' CTAs take fewer MLP rows). The interpreter rounds to the weights' dtype where
+(heads' CTAs take fewer MLP rows), which holds when a cluster's heads fit in its CTAs'
+fair share: the cluster size is chosen per shape (Pythia-1b's 8 heads of 256 need
+clusters of 8; in clusters of 4 its head CTAs stream 1.37x the mean). The interpreter rounds to the weights' dtype where
 the kernel will hold a value in it (the normalized inputs, q, k and v after the rotary
 embedding, the attention output, the GELU output, the result) and accumulates in
 float32 (float64 for float64 inputs); the kernel and this interpreter read the same plan,
@@ -215,9 +217,11 @@ def run_layer_plan(plan: LayerPlan, hidden_states, attn_ln_weight, attn_ln_bias,
                 row = mask[at]
                 scores = scores.masked_fill(~row, -math.inf) if row.dtype == torch.bool else scores + a(row)
             top = scores.max()
+            if top == -math.inf:  # every position of this rank's chunks is masked: it adds nothing
+                continue
             weights = torch.exp(scores - top)
             partials.append((top, weights.sum(), weights @ values[at]))
-        top = max(p[0] for p in partials)
+        top = max(p[0] for p in partials)  # position p itself is always attended
         total = sum(p[1] * torch.exp(p[0] - top) for p in partials)
         attn = held(sum(p[2] * torch.exp(p[0] - top) for p in partials) / total)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import clusterfusion
 from clusterfusion._layer_plan import LayerShape, deal, run_layer_plan
@@ -21,7 +22,10 @@ def make_layer(position, dtype, device, *, biases=True):
     """One decode step's layer inputs: the attention block's (its LayerNorm renamed) and the MLP block's."""
     step = make_step(HIDDEN, HEADS, ROTARY, MAX_LEN, position, dtype, device, biases=biases)
     g = torch.Generator(device=device).manual_seed(int(torch.randint(2**31, ())))
-    rnd = lambda *s, scale=1.0, shift=0.0: (torch.randn(*s, generator=g, device=device) * scale + shift).to(dtype)  # noqa: E731
+
+    def rnd(*size, scale=1.0, shift=0.0):
+        return (torch.randn(*size, generator=g, device=device) * scale + shift).to(dtype)
+
     step["attn_ln_weight"], step["attn_ln_bias"] = step.pop("ln_weight"), step.pop("ln_bias")
     return dict(
         **step,
@@ -120,13 +124,60 @@ def test_torch_compile_fullgraph():
     eager_inputs = {k: v.clone() if k.endswith("_cache") else v for k, v in inputs.items()}
     compiled = torch.compile(run, fullgraph=True)
     assert torch.equal(compiled(inputs), run(eager_inputs))
-    assert torch.equal(inputs["key_cache"], eager_inputs["key_cache"])
+    for name in ("key_cache", "value_cache"):
+        assert torch.equal(inputs[name], eager_inputs[name]), name
 
 
-def test_gradients_flow():
-    inputs = make_layer(4, torch.float64, "cpu")
-    inputs["hidden_states"].requires_grad_(True)
-    inputs["up_weight"].requires_grad_(True)
-    run(inputs).sum().backward()
-    assert inputs["hidden_states"].grad is not None and inputs["up_weight"].grad is not None
-    assert torch.isfinite(inputs["hidden_states"].grad).all()
+def torch_layer(t, position):
+    """The layer in plain torch (float64 in, autograd through every step; the caches are read, not written)."""
+    x = t["hidden_states"].reshape(1, HIDDEN)
+    hd = HIDDEN // HEADS
+    ln1 = F.layer_norm(x, (HIDDEN,), t["attn_ln_weight"], t["attn_ln_bias"])
+    qkv = F.linear(ln1, t["qkv_weight"], t["qkv_bias"]).view(HEADS, 3 * hd)
+    cos, sin = t["cos"].reshape(1, ROTARY), t["sin"].reshape(1, ROTARY)
+
+    def rotary(v):
+        r = v[:, :ROTARY]
+        return torch.cat([r * cos + torch.cat([-r[:, ROTARY // 2:], r[:, :ROTARY // 2]], 1) * sin, v[:, ROTARY:]], 1)
+
+    q, k, v = rotary(qkv[:, :hd]), rotary(qkv[:, hd:2 * hd]), qkv[:, 2 * hd:]
+    keys = torch.cat([t["key_cache"][0, :, :position], k.unsqueeze(1)], 1)
+    values = torch.cat([t["value_cache"][0, :, :position], v.unsqueeze(1)], 1)
+    weights = torch.softmax((keys @ q.unsqueeze(2)).squeeze(2) * hd**-0.5, -1)
+    attn = (weights.unsqueeze(1) @ values).reshape(1, HIDDEN)
+    ln2 = F.layer_norm(x, (HIDDEN,), t["mlp_ln_weight"], t["mlp_ln_bias"])
+    mlp = F.linear(F.gelu(F.linear(ln2, t["up_weight"], t["up_bias"])), t["down_weight"], t["down_bias"])
+    return (x + F.linear(attn, t["dense_weight"], t["dense_bias"]) + mlp).reshape(t["hidden_states"].shape)
+
+
+def test_gradients_equal_the_float64_layers():
+    position = 4
+    inputs = make_layer(position, torch.float64, "cpu")
+    leaves = ("hidden_states", "qkv_weight", "up_weight", "mlp_ln_weight")
+    reference_inputs = {k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
+    for name in leaves:
+        inputs[name].requires_grad_(True)
+        reference_inputs[name].requires_grad_(True)
+    grad_out = torch.randn_like(inputs["hidden_states"])
+    run(inputs).backward(grad_out)
+    torch_layer(reference_inputs, position).backward(grad_out)
+    for name in leaves:
+        assert_matches(inputs[name].grad, reference_inputs[name].grad, torch.float64, what=f"d {name}")
+
+
+def test_each_plan_reaches_its_block():
+    inputs = make_layer(2, torch.float32, "cpu")
+    with pytest.raises(ValueError, match=r"clusterfusion.attention_block: .*QKV"):
+        clusterfusion.gpt_neox_layer(**inputs, attention_plan="1:2:3:4:5")
+    with pytest.raises(ValueError, match=r"clusterfusion.mlp_block_residual: .*UP"):
+        clusterfusion.gpt_neox_layer(**inputs, block_plan="1:2:3:4:5")
+
+
+def test_a_bad_mlp_argument_leaves_the_caches_untouched():
+    inputs = make_layer(9, torch.float32, "cpu")
+    before = {name: inputs[name].clone() for name in ("key_cache", "value_cache")}
+    inputs["down_weight"] = inputs["down_weight"][:, :-8]
+    with pytest.raises(ValueError, match="down_weight"):
+        run(inputs)
+    for name, cache in before.items():
+        assert torch.equal(inputs[name], cache), f"{name} written before the error"

@@ -30,9 +30,8 @@ inline std::string cpu_unsupported_reason(const char* op, const char* arg, const
 
 // A CPU op's `_plan`: there is nothing to plan.
 [[noreturn]] inline void cpu_has_no_plan(const char* op, const char* arg, const at::Tensor& weight) {
-  TORCH_CHECK_VALUE(false, op, ": launch plans exist for CUDA weights only; argument '", arg, "' is on ",
-                    weight.device());
-  __builtin_unreachable();
+  C10_THROW_ERROR(ValueError, c10::str(op, ": launch plans exist for CUDA weights only; argument '", arg, "' is on ",
+                                       weight.device()));
 }
 
 // Registers a backend's kernels of op `name` and of its `name_unsupported_reason` and `name_plan` queries.
