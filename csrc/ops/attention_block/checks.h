@@ -73,16 +73,21 @@ inline void check_position_and_mask(const at::Tensor& cache_position, const std:
                     "; expected ", like.device(), " like 'qkv_weight'");
 }
 
+// hidden, from qkv_weight [3 * hidden, hidden]; `op` names the op that checks.
+inline int64_t check_qkv_weight(const char* op, const at::Tensor& qkv_weight) {
+  TORCH_CHECK_VALUE(qkv_weight.dim() == 2 && qkv_weight.size(1) > 0 && qkv_weight.size(0) == 3 * qkv_weight.size(1),
+                    op,
+                    ": argument 'qkv_weight' must be [3 * hidden, hidden] (HuggingFace's query_key_value.weight); "
+                    "got shape ",
+                    qkv_weight.sizes());
+  return qkv_weight.size(1);
+}
+
 inline Shape check_args(const Args& a) {
   const at::Tensor& qkv_weight = a.qkv_weight;
   const at::Tensor& dense_weight = a.dense_weight;
   const at::Tensor& key_cache = a.key_cache;
-  TORCH_CHECK_VALUE(qkv_weight.dim() == 2 && qkv_weight.size(1) > 0 && qkv_weight.size(0) == 3 * qkv_weight.size(1),
-                    kOp,
-                    ": argument 'qkv_weight' must be [3 * hidden, hidden] (HuggingFace's query_key_value.weight); "
-                    "got shape ",
-                    qkv_weight.sizes());
-  const int64_t hidden = qkv_weight.size(1);
+  const int64_t hidden = check_qkv_weight(kOp, qkv_weight);
   TORCH_CHECK_VALUE(dense_weight.dim() == 2 && dense_weight.size(0) == hidden && dense_weight.size(1) == hidden, kOp,
                     ": argument 'dense_weight' must have shape [", hidden, ", ", hidden,
                     "] (HuggingFace's dense.weight); got shape ", dense_weight.sizes());

@@ -10,7 +10,7 @@
 #include <string>
 
 #include "../../host/checks.h"
-#include "../attention_block/op.h"
+#include "../attention_block/checks.h"
 #include "../mlp_block_residual/checks.h"
 #include "gemv/plan.h"
 
@@ -30,12 +30,7 @@ at::Tensor gpt_neox_layer(const at::Tensor& hidden_states, const at::Tensor& att
                           const std::optional<at::Tensor>& attention_mask, double eps, c10::string_view attention_plan,
                           c10::string_view block_plan, bool pdl) {
   // The two LayerNorms' parameters are the layer's own names; the blocks check and name the rest.
-  TORCH_CHECK_VALUE(qkv_weight.dim() == 2 && qkv_weight.size(1) > 0 && qkv_weight.size(0) == 3 * qkv_weight.size(1),
-                    kOp,
-                    ": argument 'qkv_weight' must be [3 * hidden, hidden] (HuggingFace's query_key_value.weight); "
-                    "got shape ",
-                    qkv_weight.sizes());
-  const int64_t hidden = qkv_weight.size(1);
+  const int64_t hidden = attention_block::check_qkv_weight(kOp, qkv_weight);
   check_vector(kOp, "attn_ln_weight", attn_ln_weight, hidden, "hidden");
   check_vector(kOp, "attn_ln_bias", attn_ln_bias, hidden, "hidden");
   check_vector(kOp, "mlp_ln_weight", mlp_ln_weight, hidden, "hidden");
