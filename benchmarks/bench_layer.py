@@ -30,6 +30,7 @@ import clusterfusion
 from _timing import (add_common_arguments, add_context_arguments, graph_us, launch_tuning, parse_context_arguments,
                      print_markdown_table, print_row, save_results, start)
 from bench_attention_block import huggingface_branch
+from bench_attention_block import make_layers as attention_layers
 
 # hidden, heads, rotary_dims, ffn
 SHAPES = {"2.8b": (2560, 32, 20, 10240), "6.9b": (4096, 32, 32, 16384)}
@@ -55,27 +56,22 @@ def clusterfusion_layer(hidden_states, attention, mlp):
 
 
 def make_layers(shape, dtype, layers, max_len, position):
+    """Each layer's attention inputs (bench_attention_block's, its input dropped: the chain
+    feeds it) and MLP weights, all distinct per layer."""
     hidden, heads, rotary, ffn = SHAPES[shape]
-    head_dim = hidden // heads
 
     def rnd(*size, scale=1.0, shift=0.0):
         return (torch.randn(*size, device="cuda") * scale + shift).to(dtype)
 
-    angles = position / 10000.0 ** (torch.arange(0, rotary, 2, device="cuda", dtype=torch.float64) / rotary)
-    angles = torch.cat([angles, angles]).reshape(1, 1, rotary)
-    shared = dict(cos=angles.cos().to(dtype), sin=angles.sin().to(dtype),
-                  cache_position=torch.tensor([position], device="cuda"),
-                  attention_mask=(torch.arange(max_len, device="cuda") <= position).reshape(1, 1, 1, max_len))
+    attention = attention_layers(hidden, heads, rotary, dtype, layers, max_len, position, in_context=False)
+    for inputs in attention:
+        del inputs["hidden_states"]
     return [
-        dict(attention=dict(ln_weight=rnd(hidden, scale=0.1, shift=1.0), ln_bias=rnd(hidden, scale=0.1),
-                            qkv_weight=rnd(3 * hidden, hidden, scale=hidden**-0.5), qkv_bias=rnd(3 * hidden, scale=0.1),
-                            dense_weight=rnd(hidden, hidden, scale=hidden**-0.5), dense_bias=rnd(hidden, scale=0.1),
-                            key_cache=rnd(1, heads, max_len, head_dim), value_cache=rnd(1, heads, max_len, head_dim),
-                            **shared),
+        dict(attention=inputs,
              mlp=dict(ln_weight=rnd(hidden, scale=0.1, shift=1.0), ln_bias=rnd(hidden, scale=0.1),
                       up_weight=rnd(ffn, hidden, scale=hidden**-0.5), up_bias=rnd(ffn, scale=0.1),
                       down_weight=rnd(hidden, ffn, scale=ffn**-0.5), down_bias=rnd(hidden, scale=0.1)))
-        for _ in range(layers)
+        for inputs in attention
     ]
 
 
