@@ -2,7 +2,8 @@
 CF_DIAG (comma-separated) picks, at run time:
   attn_pdl        the attention kernel launched as the QKV projection's programmatic dependent
   cluster_acquire the GEMV owner's inbox wait with .acquire.cluster instead of the default .acquire.cta
-  wait_exit       attention workers without work wait for the grid dependency before they exit
+  skip_exit_wait  attention workers without work exit without waiting for the grid dependency
+                  (the code before session 29; main now waits)
   snap_qkv        the QKV projection's output copied (stream order, after the attention kernel) to _C._diag_qkv()
   fence_wait      a __threadfence() (MEMBAR.SC.GPU + CCTL.IVALL: an L1 invalidation) right after the wait
   cg_qkv          this token's q, k, v read through L2 only (ld.global.cg) into shared memory after the wait
@@ -50,17 +51,18 @@ edit("csrc/include/clusterfusion/device/cluster_reduce.cuh",
      "  __device__ void wait(bool cluster_scope) const { if (cluster_scope) mbarrier_wait_cluster(barrier_, 0); else mbarrier_wait(barrier_, 0); }")
 edit("csrc/gemv/kernel.cuh", "  inbox.wait();", "  inbox.wait(p.diag_cluster_acquire != 0);")
 # --- attention: PDL edge and early exits
-edit("csrc/ops/attention_block/decode_attention.h", "  float scale;\n};", "  float scale;\n  int diag_wait_exit;\n};")
-edit("csrc/ops/attention_block/decode_attention.cuh", '''  if (first_chunk > last) {
-    device::grid_dependency_launch_dependents();''', '''  if (first_chunk > last) {
-    if (p.diag_wait_exit) device::grid_dependency_wait();
-    device::grid_dependency_launch_dependents();''')
+edit("csrc/ops/attention_block/decode_attention.h", "  float scale;\n};", "  float scale;\n  int diag_skip_exit_wait;\n};")
+edit("csrc/ops/attention_block/decode_attention.cuh", '''    device::grid_dependency_wait();
+    device::grid_dependency_launch_dependents();
+    return;''', '''    if (!p.diag_skip_exit_wait) device::grid_dependency_wait();
+    device::grid_dependency_launch_dependents();
+    return;''')
 edit("csrc/ops/attention_block/decode_attention.cu",
      "return launch_kernel(dim3(p.heads, p.workers, 1), dim3(kChunk, 1, 1), false, stream,",
      "return launch_kernel(dim3(p.heads, p.workers, 1), dim3(kChunk, 1, 1), diag(\"attn_pdl\"), stream,")
 edit("csrc/ops/attention_block/decode_attention.cu", '#include "decode_attention.cuh"',
      '#include "decode_attention.cuh"\n#include "../../host/checks.h"')
-edit("csrc/ops/attention_block/cuda.cpp", "  params.scale = ", "  params.diag_wait_exit = diag(\"wait_exit\");\n  params.scale = ")
+edit("csrc/ops/attention_block/cuda.cpp", "  params.scale = ", "  params.diag_skip_exit_wait = diag(\"skip_exit_wait\");\n  params.scale = ")
 edit("csrc/ops/attention_block/cuda.cpp", '''  C10_CUDA_KERNEL_LAUNCH_CHECK();
   gemv::run_bias_projection(kOp, Activation::kNone, attn,''', '''  C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (diag("snap_qkv")) diag_qkv() = qkv.clone();
@@ -69,9 +71,9 @@ edit("csrc/ops/attention_block/cuda.cpp", "namespace clusterfusion::attention_bl
      "namespace clusterfusion::attention_block {\nat::Tensor& diag_qkv() { static at::Tensor t; return t; }\nnamespace {")
 edit("csrc/registration.cpp", "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {",
      "namespace clusterfusion::attention_block { at::Tensor& diag_qkv(); }\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {\n  m.def(\"_diag_qkv\", [] { return clusterfusion::attention_block::diag_qkv(); });")
-edit("csrc/ops/attention_block/decode_attention.h", "  int diag_wait_exit;\n", "  int diag_wait_exit;\n  int diag_fence;\n  int diag_cg;\n")
-edit("csrc/ops/attention_block/cuda.cpp", "  params.diag_wait_exit = diag(\"wait_exit\");\n",
-     "  params.diag_wait_exit = diag(\"wait_exit\");\n  params.diag_fence = diag(\"fence_wait\");\n  params.diag_cg = diag(\"cg_qkv\");\n")
+edit("csrc/ops/attention_block/decode_attention.h", "  int diag_skip_exit_wait;\n", "  int diag_skip_exit_wait;\n  int diag_fence;\n  int diag_cg;\n")
+edit("csrc/ops/attention_block/cuda.cpp", "  params.diag_skip_exit_wait = diag(\"skip_exit_wait\");\n",
+     "  params.diag_skip_exit_wait = diag(\"skip_exit_wait\");\n  params.diag_fence = diag(\"fence_wait\");\n  params.diag_cg = diag(\"cg_qkv\");\n")
 edit("csrc/ops/attention_block/decode_attention.cuh", '''  device::grid_dependency_launch_dependents();
   const T* qkv = static_cast<const T*>(p.qkv) + static_cast<size_t>(head) * 3 * kHeadDim;''', '''  device::grid_dependency_launch_dependents();
   if (p.diag_fence) __threadfence();

@@ -48,7 +48,7 @@ if __name__ == "__main__":
     trials = int(sys.argv[1])
     for shape in ("6.9b", "2.8b"):
         for flags in ("snap_qkv", "snap_qkv,attn_pdl", "snap_qkv,attn_pdl,fence_wait", "snap_qkv,attn_pdl,cg_qkv",
-                      "snap_qkv,attn_pdl,cluster_acquire"):
+                      "snap_qkv,attn_pdl,cluster_acquire", "snap_qkv,attn_pdl,skip_exit_wait"):
             row_bad, qkv_bad, worst = run(trials, shape, flags)
             print(f"probe2 {shape} {flags:18s} calls {trials}: value row != QKV output: {row_bad}; "
                   f"QKV output off its fp32 reference by > 0.05: {qkv_bad} (worst {worst:.3g})", flush=True)

@@ -60,7 +60,7 @@ def probe(shape, position, variant, trials, max_len=4096, chain=1):
 if __name__ == "__main__":
     trials = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     print(torch.cuda.get_device_name(), flush=True)
-    variants = ["", "attn_pdl", "attn_pdl,cluster_acquire", "attn_pdl,wait_exit"]
+    variants = ["", "attn_pdl", "attn_pdl,cluster_acquire", "attn_pdl,skip_exit_wait"]
     for shape, position, chain in [("6.9b", 4095, 1), ("6.9b", 1000, 1), ("6.9b", 4095, 8), ("2.8b", 4095, 8)]:
         for variant in variants:
             t0 = time.time()

@@ -221,6 +221,9 @@ __global__ void __launch_bounds__(kChunk) decode_attention_kernel(const DecodeAt
   T* keys = static_cast<T*>(p.key_cache) + head_offset;
   T* values = static_cast<T*>(p.value_cache) + head_offset;
   if (first_chunk > last) {
+    // A CTA lets the next grid launch only after its own wait has returned, so
+    // that a chain of dependent launches stays ordered even through a CTA with no work.
+    device::grid_dependency_wait();
     device::grid_dependency_launch_dependents();
     return;
   }
