@@ -9,8 +9,9 @@ layer's input written by the layer before it) of three arms:
   ``bench_attention_block.py``, SDPA over the whole static cache with the mask row,
   and the MLP branch of ``bench_mlp_block.py``), eager kernels inside the graph;
 * the same function under ``torch.compile`` (the strongest PyTorch baseline);
-* clusterfusion today: ``attention_block`` then ``mlp_block_residual`` (seven
-  launches). The one-launch layer op of issue #24 will be timed here against them.
+* the two blocks: ``attention_block`` then ``mlp_block_residual`` (seven launches);
+* the layer: ``gpt_neox_layer``, one launch of the layer kernel where it serves the
+  shape (the two blocks otherwise).
 
 The floor is the layer's weights plus the keys and values in use at the read
 ceiling; the table gives each arm's time over it.
@@ -35,7 +36,7 @@ from bench_attention_block import make_layers as attention_layers
 # hidden, heads, rotary_dims, ffn
 SHAPES = {"2.8b": (2560, 32, 20, 10240), "6.9b": (4096, 32, 32, 16384)}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-ARMS = ("huggingface", "compile", "clusterfusion")
+ARMS = ("huggingface", "compile", "blocks", "layer")
 
 
 def huggingface_layer(hidden_states, attention, mlp):
@@ -45,7 +46,7 @@ def huggingface_layer(hidden_states, attention, mlp):
     return F.linear(up, mlp["down_weight"], mlp["down_bias"]) + attn_output + hidden_states
 
 
-def clusterfusion_layer(hidden_states, attention, mlp):
+def blocks_layer(hidden_states, attention, mlp):
     a = attention
     attn_output = clusterfusion.attention_block(
         hidden_states, a["ln_weight"], a["ln_bias"], a["qkv_weight"], a["qkv_bias"], a["dense_weight"],
@@ -53,6 +54,15 @@ def clusterfusion_layer(hidden_states, attention, mlp):
         a["attention_mask"])
     return clusterfusion.mlp_block_residual(hidden_states, attn_output, mlp["ln_weight"], mlp["ln_bias"],
                                             mlp["up_weight"], mlp["up_bias"], mlp["down_weight"], mlp["down_bias"])
+
+
+def one_launch_layer(hidden_states, attention, mlp):
+    a = attention
+    return clusterfusion.gpt_neox_layer(
+        hidden_states, a["ln_weight"], a["ln_bias"], a["qkv_weight"], a["qkv_bias"], a["dense_weight"],
+        a["dense_bias"], mlp["ln_weight"], mlp["ln_bias"], mlp["up_weight"], mlp["up_bias"], mlp["down_weight"],
+        mlp["down_bias"], a["cos"], a["sin"], a["key_cache"], a["value_cache"], a["cache_position"],
+        a["attention_mask"])
 
 
 def make_layers(shape, dtype, layers, max_len, position):
@@ -107,7 +117,7 @@ def main(argv=None) -> int:
     card, ceiling, probes = started
 
     arms = {"huggingface": huggingface_layer, "compile": torch.compile(huggingface_layer, dynamic=False),
-            "clusterfusion": clusterfusion_layer}
+            "blocks": blocks_layer, "layer": one_launch_layer}
     results = []
     with launch_tuning(args, "attention_plan"):
         for shape in args.shapes:
@@ -124,8 +134,9 @@ def main(argv=None) -> int:
                         us = graph_us(chained(arms[arm], x), [dict(layers=layers)], args.reps) / args.layers
                         row[f"{arm}_us"] = us
                         row[f"{arm}_x_floor"] = us / row["floor_us"]
-                    if "clusterfusion" in args.arms and "compile" in args.arms:
-                        row["speedup_vs_compile"] = row["compile_us"] / row["clusterfusion_us"]
+                    for arm in ("blocks", "layer"):
+                        if arm in args.arms and "compile" in args.arms:
+                            row[f"{arm}_vs_compile"] = row["compile_us"] / row[f"{arm}_us"]
                     del layers
                     torch.cuda.empty_cache()
                     results.append(row)
@@ -137,9 +148,9 @@ def main(argv=None) -> int:
     us, x = "{:.1f}", "{:.2f}x"
     print_markdown_table([
         ("shape", "shape", "{}"), ("dtype", "dtype", "{}"), ("context", "context", "{}"), ("floor", "floor_us", us),
-        ("HF", "huggingface_us", us), ("compile", "compile_us", us), ("CF", "clusterfusion_us", us),
-        ("compile / floor", "compile_x_floor", x), ("CF / floor", "clusterfusion_x_floor", x),
-        ("CF vs compile", "speedup_vs_compile", x),
+        ("HF", "huggingface_us", us), ("compile", "compile_us", us), ("blocks", "blocks_us", us),
+        ("layer", "layer_us", us), ("compile / floor", "compile_x_floor", x), ("blocks / floor", "blocks_x_floor", x),
+        ("layer / floor", "layer_x_floor", x), ("layer vs compile", "layer_vs_compile", x),
     ], results)
     return 0
 

@@ -21,6 +21,7 @@ __all__ = [
     "attention_block_unsupported_reason",
     "AttentionBlockPlan",
     "gpt_neox_layer",
+    "gpt_neox_layer_plan",
     "mlp_block_residual",
     "mlp_block_residual_plan",
     "mlp_block_residual_unsupported_reason",
@@ -409,6 +410,7 @@ def gpt_neox_layer(
     attention_mask: torch.Tensor | None = None,
     eps: float = 1e-5,
     *,
+    layer_plan: str = "auto",
     attention_plan: str | None = None,
     block_plan: str | None = None,
     pdl: bool | None = None,
@@ -417,18 +419,25 @@ def gpt_neox_layer(
     ``hidden_states + attention(ln1(hidden_states)) + mlp(ln2(hidden_states))``,
     appending this token's key and value to the caches at ``cache_position``.
 
-    Today it is :func:`attention_block` followed by :func:`mlp_block_residual` (with
-    the attention output as ``attn_output``), so it takes their inputs, dtypes,
-    devices and results, bit for bit; the one-launch kernel of the layer is the
-    next step (docs/design.md). Arguments are the attention block's (its LayerNorm
-    as ``attn_ln_weight``, ``attn_ln_bias``) and the MLP block's (``mlp_ln_weight``,
+    On CUDA, where it serves the shape (head_dim 64, 80, 96 or 128, hidden a multiple
+    of 64 up to 8192, at most one head per cluster of CTAs; see
+    :func:`gpt_neox_layer_plan`), the layer is one launch of the layer kernel: the
+    same semantics as :func:`attention_block` followed by :func:`mlp_block_residual`
+    (with the attention output as ``attn_output``), but the attention output and the
+    MLP output are not rounded separately: the result is ``hidden_states`` plus both
+    branches summed in fp32 and rounded once. Elsewhere (the CPU, other shapes,
+    ``layer_plan="blocks"``, and whenever a gradient is needed) it is those two ops,
+    bit for bit. Arguments are the attention block's (its LayerNorm as
+    ``attn_ln_weight``, ``attn_ln_bias``) and the MLP block's (``mlp_ln_weight``,
     ``mlp_ln_bias``, ``up_*``, ``down_*``); one ``eps`` serves both LayerNorms, as in
     GPT-NeoX's config. ``attention_plan`` and ``block_plan`` pin the blocks' launch
-    plans (``None``: the enclosing :func:`clusterfusion.tuning` block's).
+    plans where the blocks run (``None``: the enclosing :func:`clusterfusion.tuning`
+    block's).
 
     Raises:
         ValueError, TypeError, RuntimeError: as the two blocks; a LayerNorm parameter
-            of the wrong shape names this op's argument.
+            of the wrong shape names this op's argument; a ``layer_plan`` other than
+            ``"auto"`` or ``"blocks"``.
     """
     _check_position_is_a_tensor("gpt_neox_layer", cache_position)
     tuning = current_tuning()
@@ -436,10 +445,31 @@ def gpt_neox_layer(
         hidden_states, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias, mlp_ln_weight,
         mlp_ln_bias, up_weight, up_bias, down_weight, down_bias, cos, sin, key_cache, value_cache, cache_position,
         attention_mask, eps,
+        layer_plan=layer_plan,
         attention_plan=tuning.attention_plan if attention_plan is None else attention_plan,
         block_plan=tuning.block_plan if block_plan is None else block_plan,
         pdl=tuning.pdl if pdl is None else pdl,
     )
+
+
+def gpt_neox_layer_plan(qkv_weight: torch.Tensor, up_weight: torch.Tensor, heads: int) -> dict:
+    """How :func:`gpt_neox_layer`'s one-launch kernel runs a shape on the weights'
+    CUDA device: ``{"cluster_size", "ctas", "stages", "smem_bytes", "work"}`` with
+    ``work`` one dict per CTA (``head`` (-1: none), ``qkv``, ``mlp``, ``dense`` and
+    ``sum`` as ``range``s; the dealing of ``clusterfusion._layer_plan.deal``).
+
+    Raises:
+        ValueError: on the CPU, or naming why the kernel does not serve the shape
+            (the layer then runs as its two block ops).
+    """
+    fields = torch.ops.clusterfusion.gpt_neox_layer_plan(qkv_weight, up_weight, heads)
+    cluster_size, ctas, stages, smem_bytes = fields[:4]
+    work = []
+    for cta in range(ctas):
+        head, *bounds = fields[4 + 9 * cta: 13 + 9 * cta]
+        ranges = [range(bounds[i], bounds[i + 1]) for i in range(0, 8, 2)]
+        work.append(dict(head=head, **dict(zip(("qkv", "mlp", "dense", "sum"), ranges))))
+    return dict(cluster_size=cluster_size, ctas=ctas, stages=stages, smem_bytes=smem_bytes, work=work)
 
 
 def sample_tokens(
@@ -680,6 +710,17 @@ def _attention_block_fake(hidden_states, ln_weight, ln_bias, qkv_weight, qkv_bia
         f"{tuple(key_cache.shape)} and {tuple(value_cache.shape)}",
     )
     return torch.empty_like(hidden_states, memory_format=torch.contiguous_format)
+
+
+@_register_fake("gpt_neox_layer", like="qkv_weight")
+def _gpt_neox_layer_fake(hidden_states, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias,
+                         mlp_ln_weight, mlp_ln_bias, up_weight, up_bias, down_weight, down_bias, cos, sin, key_cache,
+                         value_cache, cache_position, attention_mask=None, eps=1e-5, *, layer_plan="auto",
+                         attention_plan="auto", block_plan="auto", pdl=True):
+    _attention_block_fake(hidden_states, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias,
+                          cos, sin, key_cache, value_cache, cache_position, attention_mask, eps)
+    return _mlp_block_residual_fake(hidden_states, hidden_states, mlp_ln_weight, mlp_ln_bias, up_weight, up_bias,
+                                    down_weight, down_bias, eps)
 
 
 @_register_fake("sample_tokens", like="logits")

@@ -43,13 +43,16 @@ TORCH_LIBRARY(clusterfusion, m) {
   m.def("attention_block_plan(Tensor qkv_weight, Tensor dense_weight, *, str plan=\"auto\") -> int[]");
   // ops/gpt_neox_layer: GPT-NeoX's parallel-residual decode layer for one new token,
   // hidden_states + attention_block(...) + mlp(layer_norm(hidden_states)), appending
-  // this token's key and value to the caches; today the two block ops in turn.
+  // this token's key and value to the caches: one launch where the layer kernel
+  // serves (layer_plan "auto"), else the two block ops in turn.
   m.def(
       "gpt_neox_layer(Tensor hidden_states, Tensor attn_ln_weight, Tensor? attn_ln_bias, Tensor qkv_weight, "
       "Tensor? qkv_bias, Tensor dense_weight, Tensor? dense_bias, Tensor mlp_ln_weight, Tensor? mlp_ln_bias, "
       "Tensor up_weight, Tensor? up_bias, Tensor down_weight, Tensor? down_bias, Tensor cos, Tensor sin, "
       "Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor cache_position, Tensor? attention_mask=None, "
-      "float eps=1e-05, *, str attention_plan=\"auto\", str block_plan=\"auto\", bool pdl=True) -> Tensor");
+      "float eps=1e-05, *, str layer_plan=\"auto\", str attention_plan=\"auto\", str block_plan=\"auto\", "
+      "bool pdl=True) -> Tensor");
+  m.def("gpt_neox_layer_plan(Tensor qkv_weight, Tensor up_weight, int heads) -> int[]");
   // ops/sample_tokens: one token per row of logits [..., vocab]: temperature, the
   // kept prefix of the ranking (top_k tokens or top_p of the probability), then
   // the kept token where the running probability passes uniform (see rules.h).

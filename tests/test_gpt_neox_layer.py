@@ -11,16 +11,17 @@ import torch.nn.functional as F
 
 import clusterfusion
 from clusterfusion._layer_plan import LayerShape, deal, run_layer_plan
-from conftest import assert_matches, gpu
+from conftest import assert_matches, call_poisoned, gpu
 from test_attention_block import make_step, mask_row
 from test_layer_plan import reference_layer
 
 HIDDEN, HEADS, FFN, ROTARY, MAX_LEN = 128, 4, 512, 8, 160
 
 
-def make_layer(position, dtype, device, *, biases=True):
+def make_layer(position, dtype, device, *, biases=True, shape=(HIDDEN, HEADS, FFN, ROTARY), max_len=MAX_LEN):
     """One decode step's layer inputs: the attention block's (its LayerNorm renamed) and the MLP block's."""
-    step = make_step(HIDDEN, HEADS, ROTARY, MAX_LEN, position, dtype, device, biases=biases)
+    hidden, heads, ffn, rotary = shape
+    step = make_step(hidden, heads, rotary, max_len, position, dtype, device, biases=biases)
     g = torch.Generator(device=device).manual_seed(int(torch.randint(2**31, ())))
 
     def rnd(*size, scale=1.0, shift=0.0):
@@ -29,9 +30,9 @@ def make_layer(position, dtype, device, *, biases=True):
     step["attn_ln_weight"], step["attn_ln_bias"] = step.pop("ln_weight"), step.pop("ln_bias")
     return dict(
         **step,
-        mlp_ln_weight=rnd(HIDDEN, scale=0.2, shift=1.0), mlp_ln_bias=rnd(HIDDEN, scale=0.2) if biases else None,
-        up_weight=rnd(FFN, HIDDEN, scale=HIDDEN**-0.5), up_bias=rnd(FFN, scale=0.2) if biases else None,
-        down_weight=rnd(HIDDEN, FFN, scale=FFN**-0.5), down_bias=rnd(HIDDEN, scale=0.2) if biases else None,
+        mlp_ln_weight=rnd(hidden, scale=0.2, shift=1.0), mlp_ln_bias=rnd(hidden, scale=0.2) if biases else None,
+        up_weight=rnd(ffn, hidden, scale=hidden**-0.5), up_bias=rnd(ffn, scale=0.2) if biases else None,
+        down_weight=rnd(hidden, ffn, scale=ffn**-0.5), down_bias=rnd(hidden, scale=0.2) if biases else None,
     )
 
 
@@ -51,7 +52,7 @@ def check(inputs, out, reference, position):
     for name, ref in (("key_cache", keys), ("value_cache", values)):
         cache = inputs[name].cpu()
         assert_matches(cache[:, :, position], ref[:, :, position], dtype, what=f"{name} at {position}")
-        others = torch.ones(MAX_LEN, dtype=torch.bool)
+        others = torch.ones(cache.shape[2], dtype=torch.bool)
         others[position] = False
         assert torch.equal(cache[:, :, others].double(), ref[:, :, others]), f"{name} changed outside the position"
 
@@ -181,3 +182,115 @@ def test_a_bad_mlp_argument_leaves_the_caches_untouched():
         run(inputs)
     for name, cache in before.items():
         assert torch.equal(inputs[name], cache), f"{name} written before the error"
+
+
+# The one-launch layer kernel (CUDA): Pythia's head sizes, as the kernel serves them.
+FUSED_SHAPES = {  # hidden, heads, ffn, rotary_dims
+    "70m": (512, 8, 2048, 16),  # head_dim 64
+    "2.8b": (2560, 32, 10240, 20),  # 80
+    "hd96": (768, 8, 3072, 24),  # 96
+    "1.4b": (2048, 16, 8192, 32),  # 128
+    "6.9b": (4096, 32, 16384, 32),  # 128
+}
+FUSED_MAX_LEN = 2100  # past 4 ranks x 256-position passes: ranks with several passes and with none
+
+
+def fused_layer(name, position, dtype, **kwargs):
+    inputs = make_layer(position, dtype, "cuda", shape=FUSED_SHAPES[name], max_len=FUSED_MAX_LEN, **kwargs)
+    plan = clusterfusion.gpt_neox_layer_plan(inputs["qkv_weight"], inputs["up_weight"], FUSED_SHAPES[name][1])
+    return inputs, plan
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(FUSED_SHAPES))
+@pytest.mark.parametrize("position, biases", [(0, True), (255, False), (1100, True), (2099, True)])
+def test_one_launch_matches_the_float64_layer(name, dtype, position, biases):
+    inputs, _ = fused_layer(name, position, dtype, biases=biases)
+    reference = expected(inputs)
+    out = call_poisoned(run, inputs)
+    check(inputs, out, reference, position)
+
+
+@gpu
+@pytest.mark.parametrize("kind, padding", [("bool", 0), ("bool", 700), ("additive", 3), ("float32", 0)])
+def test_one_launch_masks(kind, padding):
+    """padding 700: every position of some ranks' passes is masked (they add nothing)."""
+    position = 1500
+    inputs, _ = fused_layer("2.8b", position, torch.float16)
+    mask = mask_row(kind, FUSED_MAX_LEN, position, torch.float16, "cuda", padding=padding)
+    reference = expected(inputs, mask.cpu())
+    check(inputs, run(inputs, mask), reference, position)
+
+
+@gpu
+def test_one_launch_is_reproducible_and_replays_in_a_cuda_graph():
+    """Bitwise equal results call after call and replay after replay, with the output
+    and the appended cache rows poisoned before each replay."""
+    position = 1300
+    inputs, _ = fused_layer("6.9b", position, torch.bfloat16)
+    first = run(inputs)
+    written = {k: inputs[k][:, :, position].clone() for k in ("key_cache", "value_cache")}
+    assert torch.equal(run(inputs), first), "a second call differs"
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run(inputs)  # warm-up on the capture stream
+        with torch.cuda.graph(graph, stream=stream):
+            out = run(inputs)
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(20):
+        out.fill_(float("nan"))
+        for k in written:
+            inputs[k][:, :, position] = float("nan")
+        graph.replay()
+        assert torch.equal(out, first), "a replay differs"
+        for k, row in written.items():
+            assert torch.equal(inputs[k][:, :, position], row), f"a replay's {k} row differs"
+
+
+@gpu
+@pytest.mark.parametrize("name", list(FUSED_SHAPES))
+def test_the_kernels_plan_is_the_python_deal(name):
+    hidden, heads, ffn, rotary = FUSED_SHAPES[name]
+    weight = torch.empty(3 * hidden, hidden, dtype=torch.float16, device="cuda")
+    up = torch.empty(ffn, hidden, dtype=torch.float16, device="cuda")
+    plan = clusterfusion.gpt_neox_layer_plan(weight, up, heads)
+    reference = deal(LayerShape(hidden, heads, ffn, rotary), plan["ctas"], plan["cluster_size"])
+    assert plan["ctas"] <= torch.cuda.get_device_properties(0).multi_processor_count
+    for cta, work in enumerate(plan["work"]):
+        cluster, rank = divmod(cta, plan["cluster_size"])
+        has_head = cluster in reference.head_cluster
+        assert work["head"] == (reference.head_cluster.index(cluster) if has_head else -1), cta
+        assert work["qkv"] == reference.qkv_reduction(rank), cta
+        assert work["mlp"] == reference.mlp_slices[cta], cta
+        if has_head:
+            assert work["dense"] == reference.dense_rows(cluster, rank), cta
+        assert work["sum"] == reference.sum_rows(cta), cta
+
+
+@gpu
+def test_the_blocks_plan_runs_the_two_blocks_bit_for_bit():
+    position = 600
+    inputs, _ = fused_layer("70m", position, torch.float16)
+    clones = {k: v.clone() if k.endswith("_cache") else v for k, v in inputs.items()}
+    out = clusterfusion.gpt_neox_layer(**inputs, layer_plan="blocks")
+    step = {k: v for k, v in clones.items() if not k.startswith(("mlp_", "up_", "down_"))}
+    step["ln_weight"], step["ln_bias"] = step.pop("attn_ln_weight"), step.pop("attn_ln_bias")
+    attn = clusterfusion.attention_block(**step)
+    blocks = clusterfusion.mlp_block_residual(
+        clones["hidden_states"], attn, clones["mlp_ln_weight"], clones["mlp_ln_bias"], clones["up_weight"],
+        clones["up_bias"], clones["down_weight"], clones["down_bias"])
+    assert torch.equal(out, blocks)
+
+
+def test_a_bad_layer_plan_is_named():
+    inputs = make_layer(3, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="gpt_neox_layer: argument 'layer_plan' must be \"auto\""):
+        clusterfusion.gpt_neox_layer(**inputs, layer_plan="fused")
+
+
+def test_the_plan_query_on_the_cpu_is_a_value_error():
+    with pytest.raises(ValueError, match="launch plans exist for CUDA weights only"):
+        clusterfusion.gpt_neox_layer_plan(torch.empty(3 * 64, 64), torch.empty(256, 64), 4)

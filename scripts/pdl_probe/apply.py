@@ -51,7 +51,8 @@ edit("csrc/include/clusterfusion/device/cluster_reduce.cuh",
      "  __device__ void wait(bool cluster_scope) const { if (cluster_scope) mbarrier_wait_cluster(barrier_, 0); else mbarrier_wait(barrier_, 0); }")
 edit("csrc/gemv/kernel.cuh", "  inbox.wait();", "  inbox.wait(p.diag_cluster_acquire != 0);")
 # --- attention: PDL edge and early exits
-edit("csrc/ops/attention_block/decode_attention.h", "  float scale;\n};", "  float scale;\n  int diag_skip_exit_wait;\n};")
+edit("csrc/ops/attention_block/decode_attention.h", "  int workers;              // CTAs per head; worker w scores chunks w, w + workers, ...\n};",
+     "  int workers;\n  int diag_skip_exit_wait;\n};")
 edit("csrc/ops/attention_block/decode_attention.cuh", '''    device::grid_dependency_wait();
     device::grid_dependency_launch_dependents();
     return;''', '''    if (!p.diag_skip_exit_wait) device::grid_dependency_wait();
@@ -62,7 +63,8 @@ edit("csrc/ops/attention_block/decode_attention.cu",
      "return launch_kernel(dim3(p.heads, p.workers, 1), dim3(kChunk, 1, 1), diag(\"attn_pdl\"), stream,")
 edit("csrc/ops/attention_block/decode_attention.cu", '#include "decode_attention.cuh"',
      '#include "decode_attention.cuh"\n#include "../../host/checks.h"')
-edit("csrc/ops/attention_block/cuda.cpp", "  params.scale = ", "  params.diag_skip_exit_wait = diag(\"skip_exit_wait\");\n  params.scale = ")
+edit("csrc/ops/attention_block/cuda.cpp", "  params.terms.scale = ",
+     "  params.diag_skip_exit_wait = diag(\"skip_exit_wait\");\n  params.terms.scale = ")
 edit("csrc/ops/attention_block/cuda.cpp", '''  C10_CUDA_KERNEL_LAUNCH_CHECK();
   gemv::run_bias_projection(kOp, Activation::kNone, attn,''', '''  C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (diag("snap_qkv")) diag_qkv() = qkv.clone();

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "../../host/checks.h"
+#include "clusterfusion/stages/attention_terms.h"
 #include "op.h"
 
 namespace clusterfusion::attention_block {
@@ -81,6 +82,13 @@ inline int64_t check_qkv_weight(const char* op, const at::Tensor& qkv_weight) {
                     "got shape ",
                     qkv_weight.sizes());
   return qkv_weight.size(1);
+}
+
+// How the kernels read a checked mask row (none, bool, additive in the element type, fp32).
+inline stages::MaskKind mask_kind(const std::optional<at::Tensor>& mask) {
+  if (!mask.has_value()) return stages::MaskKind::kNone;
+  if (mask->scalar_type() == at::kBool) return stages::MaskKind::kBool;
+  return mask->scalar_type() == at::kFloat ? stages::MaskKind::kFloat : stages::MaskKind::kAdditive;
 }
 
 inline Shape check_args(const Args& a) {

@@ -86,11 +86,6 @@ std::vector<int64_t> plan_cuda(const at::Tensor& qkv_weight, const at::Tensor& d
   return fields;
 }
 
-MaskKind mask_kind(const std::optional<at::Tensor>& mask) {
-  if (!mask.has_value()) return MaskKind::kNone;
-  if (mask->scalar_type() == at::kBool) return MaskKind::kBool;
-  return mask->scalar_type() == at::kFloat ? MaskKind::kFloat : MaskKind::kAdditive;
-}
 
 at::Tensor attention_block_cuda(const Args& a) {
   const Shape shape = check_args(a);
@@ -128,22 +123,22 @@ at::Tensor attention_block_cuda(const Args& a) {
                             a.pdl);
   DecodeAttentionParams params{};
   params.qkv = qkv.data_ptr();
-  params.cos = c.data_ptr();
-  params.sin = s.data_ptr();
+  params.terms.cos = c.data_ptr();
+  params.terms.sin = s.data_ptr();
   params.key_cache = a.key_cache.data_ptr();
   params.value_cache = a.value_cache.data_ptr();
   params.position = position.data_ptr<int64_t>();
-  params.mask = mask.has_value() ? mask->data_ptr() : nullptr;
-  params.mask_kind = mask_kind(mask);
+  params.terms.mask = mask.has_value() ? mask->data_ptr() : nullptr;
+  params.terms.mask_kind = mask_kind(mask);
   params.partials = partials.data_ptr<float>();
   params.arrivals = arrivals.data_ptr<int>();
   params.out = attn.data_ptr();
   params.heads = static_cast<int>(shape.heads);
   params.head_dim = static_cast<int>(shape.head_dim);
-  params.rotary_dims = static_cast<int>(shape.rotary_dims);
+  params.terms.rotary_dims = static_cast<int>(shape.rotary_dims);
   params.max_len = static_cast<int>(shape.max_len);
   params.workers = workers;
-  params.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(shape.head_dim)));
+  params.terms.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(shape.head_dim)));
   C10_CUDA_CHECK(launch_decode_attention(scalar_kind(a.qkv_weight), params, at::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   gemv::run_bias_projection(kOp, Activation::kNone, attn, a.dense_weight, contiguous(a.dense_bias),

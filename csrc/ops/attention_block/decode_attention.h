@@ -8,39 +8,31 @@
 #include <cstdint>
 
 #include "clusterfusion/scalar_kind.h"
+#include "clusterfusion/stages/attention_terms.h"
 
 namespace clusterfusion::attention_block {
 
 // Positions one CTA scores per pass (one per thread).
 constexpr int kChunk = 64;
 
-enum class MaskKind : int {
-  kNone,      // attend to every position 0..position
-  kBool,      // true: attend
-  kAdditive,  // added to the scaled score, in the element type
-  kFloat,     // added to the scaled score, fp32
-};
+using stages::AttentionTerms;
+using stages::MaskKind;
 
 // Everything the two kernels need. Element pointers are of the op's element
 // type T (fp16 or bf16); caches [heads, max_len, head_dim] contiguous, 16-byte aligned.
 struct DecodeAttentionParams {
   const void* qkv;          // [heads, 3, head_dim]: this token's projections, bias added
-  const void* cos;          // [rotary_dims], for this token's position
-  const void* sin;          // [rotary_dims]
+  AttentionTerms terms;     // rotary tables, mask, scale
   void* key_cache;          // the new key is written at `position`
   void* value_cache;
   const int64_t* position;  // device scalar, written before the op's first kernel; outside [0, max_len): a device-side assert
-  const void* mask;         // [max_len] or nullptr (mask_kind kNone)
-  MaskKind mask_kind;
   float* partials;          // [heads, workers, head_dim + 2]: each worker's unnormalized output, max, sum
   int* arrivals;            // [heads], zero at launch: workers of each head done so far
   void* out;                // [heads * head_dim]: softmax(q k^T * scale + mask) v
   int heads;
   int head_dim;
-  int rotary_dims;          // even, in [2, head_dim]
   int max_len;
   int workers;              // CTAs per head; worker w scores chunks w, w + workers, ...
-  float scale;
 };
 
 bool head_dim_supported(int head_dim);

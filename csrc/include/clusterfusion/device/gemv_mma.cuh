@@ -97,6 +97,20 @@ class SwizzledGemvWarp {
     }
   }
 
+  // As load, for one token whose input is a plain shared-memory vector (the
+  // chunk's 64 elements from `input`, 4-byte aligned) instead of a swizzled
+  // tile: lanes 0..3 hold token 0's column of B, the other columns are zero.
+  __device__ void load_one_token(uint32_t weight_tile, const T* input, Fragments& f) const {
+    static_assert(kMTiles == 1, "one token fills one token tile");
+#pragma unroll
+    for (int step = 0; step < kSteps; ++step) {
+      ldmatrix_x4(f.a[step], weight_tile + swizzle_128b(a_row_, 2 * step + a_half_));
+      const uint32_t* pairs = reinterpret_cast<const uint32_t*>(input + 16 * step);
+      f.b[step][0][0] = lane_ < 4 ? pairs[lane_] : 0u;
+      f.b[step][0][1] = lane_ < 4 ? pairs[lane_ + 4] : 0u;
+    }
+  }
+
   __device__ void accumulate(const Fragments& f, Accumulators& acc) const {
 #pragma unroll
     for (int step = 0; step < kSteps; ++step) {

@@ -1,4 +1,4 @@
-// Sums and maxima across a warp and across a CTA in a fixed order, so the same inputs
+// Sums and maxima across a warp and across a CTA (or a group of its warps) in a fixed order, so the same inputs
 // give bitwise the same result on every run. No torch headers.
 #pragma once
 
@@ -48,33 +48,61 @@ struct Max<uint32_t> {
   __device__ static uint32_t combine(uint32_t a, uint32_t b) { return a > b ? a : b; }
 };
 
-// Every thread's value reduced with Op<T>, returned to all threads: warp
-// results combined in warp order. `partials` holds one T per warp plus one;
-// every thread of the CTA must call it (it synchronizes the CTA three times).
-template <template <typename> class Op, typename T>
+// The threads that run a stage together: a whole CTA, or the consumer warps of a
+// warp-specialized CTA (a named barrier, so the producer warp never joins).
+struct WholeBlock {
+  __device__ static int thread() { return threadIdx.x; }
+  __device__ static int threads() { return blockDim.x; }
+  __device__ static void sync() { __syncthreads(); }
+};
+
+// A whole CTA of kCount threads, known at compile time.
+template <int kCount>
+struct BlockOf : WholeBlock {
+  static constexpr int kThreads = kCount;
+  __device__ static constexpr int threads() { return kCount; }
+};
+
+// Warps [kFirstWarp, kFirstWarp + kWarps) of the CTA, synchronized on named barrier kBarrier (1..15).
+template <int kFirstWarp, int kWarps, int kBarrier>
+struct WarpGroup {
+  static_assert(kBarrier > 0 && kBarrier < 16, "barrier 0 is __syncthreads'");
+  static constexpr int kThreads = 32 * kWarps;
+  __device__ static int thread() { return static_cast<int>(threadIdx.x) - 32 * kFirstWarp; }
+  __device__ static constexpr int threads() { return kThreads; }
+  __device__ static void sync() { asm volatile("bar.sync %0, %1;" ::"n"(kBarrier), "n"(kThreads) : "memory"); }
+};
+
+// Every thread's value reduced with Op<T>, returned to all threads of the group:
+// warp results combined in warp order. `partials` holds one T per warp plus one;
+// every thread of the group must call it (it synchronizes the group three times).
+template <template <typename> class Op, typename T, typename Group = WholeBlock>
 __device__ __forceinline__ T block_reduce(T value, T* partials) {
   using Reduction = Op<T>;
-  const int warp = threadIdx.x / 32;
-  const int warps = (blockDim.x + 31) / 32;
+  const int warp = Group::thread() / 32;
+  const int warps = (Group::threads() + 31) / 32;
   value = Reduction::warp(value);
-  if (threadIdx.x % 32 == 0) partials[warp] = value;
-  __syncthreads();
-  if (threadIdx.x == 0) {
+  if (Group::thread() % 32 == 0) partials[warp] = value;
+  Group::sync();
+  if (Group::thread() == 0) {
     T total = Reduction::kIdentity;
     for (int w = 0; w < warps; ++w) total = Reduction::combine(total, partials[w]);
     partials[warps] = total;
   }
-  __syncthreads();
+  Group::sync();
   const T total = partials[warps];
-  __syncthreads();  // partials may be reused by the next call
+  Group::sync();  // partials may be reused by the next call
   return total;
 }
 
-__device__ __forceinline__ float block_sum(float value, float* partials) { return block_reduce<Sum>(value, partials); }
+template <typename Group = WholeBlock>
+__device__ __forceinline__ float block_sum(float value, float* partials) {
+  return block_reduce<Sum, float, Group>(value, partials);
+}
 
-template <typename T>
+template <typename T, typename Group = WholeBlock>
 __device__ __forceinline__ T block_max(T value, T* partials) {
-  return block_reduce<Max>(value, partials);
+  return block_reduce<Max, T, Group>(value, partials);
 }
 
 }  // namespace clusterfusion::device
