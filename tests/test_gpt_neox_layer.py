@@ -215,8 +215,9 @@ def test_one_launch_matches_the_float64_layer(name, dtype, position, biases):
 @gpu
 @pytest.mark.parametrize("kind, padding", [("bool", 0), ("bool", 700), ("additive", 3), ("float32", 0)])
 def test_one_launch_masks(kind, padding):
-    """padding 700: every position of some ranks' passes is masked (they add nothing)."""
-    position = 1500
+    """Position 900: each rank of a head's cluster attends one pass of 256 positions;
+    padding 700 masks every position of ranks 0 and 1 (they add nothing)."""
+    position = 900
     inputs, _ = fused_layer("2.8b", position, torch.float16)
     mask = mask_row(kind, FUSED_MAX_LEN, position, torch.float16, "cuda", padding=padding)
     reference = expected(inputs, mask.cpu())
