@@ -2,8 +2,8 @@
 graph many times, every replay's result bit for bit the first one's.
 
 For each op (mlp_down_residual, mlp_block_residual, attention_block,
-sample_tokens) and for the real layer (attention_block then mlp_block_residual)
-it builds a chain of 8 layers with random fp16 weights scaled so values stay
+sample_tokens) and for the real layer (attention_block then mlp_block_residual,
+and gpt_neox_layer: one launch where the layer kernel serves the shape) it builds a chain of 8 layers with random fp16 weights scaled so values stay
 O(1), each layer reading the previous layer's output: as ``hidden_states``
 (sample_tokens: the previous token is the next draw's ``top_k``). The attention
 layers have their own caches and share a device-side position. Per chain:
@@ -142,27 +142,37 @@ def mlp_block_chain(s: Shape) -> Chain:
     return residual_chain(clusterfusion.mlp_block_residual, layers, rnd(1, s.hidden, shift=0.3))
 
 
-def attention_chain(s: Shape, position: int, with_mlp: bool) -> Chain:
-    """attention_block per layer (with_mlp: followed by mlp_block_residual, the
-    real layer), caches per layer, one device-side position."""
+def attention_chain(s: Shape, position: int, layer: str) -> Chain:
+    """Per layer: attention_block ("attention"), then mlp_block_residual ("blocks":
+    the real layer in two ops), or the whole layer in one gpt_neox_layer ("layer");
+    caches per layer, one device-side position."""
     attention = [attention_layer(s) for _ in range(LAYERS)]
-    mlps = [mlp_weights(s) for _ in range(LAYERS)] if with_mlp else []
+    mlps = [mlp_weights(s) for _ in range(LAYERS)] if layer != "attention" else []
     cos, sin = rotary_tables(position, s.rotary)
     cache_position = torch.tensor([position], device="cuda")
     x0 = rnd(1, 1, s.hidden, shift=0.3)
 
+    def one_launch(x, a, m):
+        return clusterfusion.gpt_neox_layer(
+            x, a["ln_weight"], a["ln_bias"], a["qkv_weight"], a["qkv_bias"], a["dense_weight"], a["dense_bias"],
+            m["ln_weight"], m["ln_bias"], m["up_weight"], m["up_bias"], m["down_weight"], m["down_bias"], cos, sin,
+            a["key_cache"], a["value_cache"], cache_position)
+
     def run():
         x, outs = x0, []
-        for i, layer in enumerate(attention):
-            a = clusterfusion.attention_block(x, **layer, cos=cos, sin=sin, cache_position=cache_position)
-            outs.append(a)
-            x = clusterfusion.mlp_block_residual(x, a, **mlps[i]) if with_mlp else a
-            if with_mlp:
+        for i, a in enumerate(attention):
+            if layer == "layer":
+                x = one_launch(x, a, mlps[i])
+            else:
+                attn = clusterfusion.attention_block(x, **a, cos=cos, sin=sin, cache_position=cache_position)
+                outs.append(attn)
+                x = clusterfusion.mlp_block_residual(x, attn, **mlps[i]) if layer == "blocks" else attn
+            if layer != "attention":
                 outs.append(x)
         return outs
 
     def rows():
-        return [layer[name][:, :, position] for layer in attention for name in ("key_cache", "value_cache")]
+        return [a[name][:, :, position] for a in attention for name in ("key_cache", "value_cache")]
 
     def reset():
         cache_position.fill_(position)
@@ -172,7 +182,8 @@ def attention_chain(s: Shape, position: int, with_mlp: bool) -> Chain:
     def result(outs):
         return torch.cat([outs[-1].reshape(-1)] + [row.reshape(-1) for row in rows()])
 
-    op = "attention_block+mlp_block_residual" if with_mlp else "attention_block"
+    op = {"attention": "attention_block", "blocks": "attention_block+mlp_block_residual",
+          "layer": "gpt_neox_layer"}[layer]
     return Chain(f"{op} p={position}", run, result, reset)
 
 
@@ -199,8 +210,8 @@ def chains(s: Shape):
     yield lambda: mlp_down_chain(s)
     yield lambda: mlp_block_chain(s)
     for position in s.positions:
-        yield lambda position=position: attention_chain(s, position, with_mlp=False)
-        yield lambda position=position: attention_chain(s, position, with_mlp=True)
+        for layer in ("attention", "blocks", "layer"):
+            yield lambda position=position, layer=layer: attention_chain(s, position, layer)
     yield lambda: sample_tokens_chain(s)
 
 
