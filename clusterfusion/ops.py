@@ -427,7 +427,8 @@ def gpt_neox_layer(
     MLP output are not rounded separately: the result is ``hidden_states`` plus both
     branches summed in fp32 and rounded once. Elsewhere (the CPU, other shapes,
     ``layer_plan="blocks"``, and whenever a gradient is needed) it is those two ops,
-    bit for bit. Arguments are the attention block's (its LayerNorm as
+    bit for bit; a pinned ``attention_plan`` or ``block_plan`` also runs the two blocks
+    (with those plans). Arguments are the attention block's (its LayerNorm as
     ``attn_ln_weight``, ``attn_ln_bias``) and the MLP block's (``mlp_ln_weight``,
     ``mlp_ln_bias``, ``up_*``, ``down_*``); one ``eps`` serves both LayerNorms, as in
     GPT-NeoX's config. ``attention_plan`` and ``block_plan`` pin the blocks' launch

@@ -46,6 +46,13 @@ def op_calls(monkeypatch):
 
     for name in FUSIONS:  # where the patched forward looks the ops up
         monkeypatch.setattr(gpt_neox, name, counting(name, getattr(gpt_neox, name)))
+    whole_layer = gpt_neox.gpt_neox_layer
+
+    def layer(*args, **kwargs):  # the whole layer op serves both blocks' fusions
+        calls.extend(("attention_block", "mlp_block_residual"))
+        return whole_layer(*args, **kwargs)
+
+    monkeypatch.setattr(gpt_neox, "gpt_neox_layer", layer)
     return calls
 
 

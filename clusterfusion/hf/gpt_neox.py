@@ -8,7 +8,7 @@ import torch
 from transformers.activations import GELUActivation
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention, GPTNeoXLayer, GPTNeoXMLP
 
-from ..ops import attention_block, mlp_block_residual, mlp_down_residual
+from ..ops import attention_block, gpt_neox_layer, mlp_block_residual, mlp_down_residual
 from . import eligibility, layer_patch
 from .eligibility import modules_reason, weight_reason
 
@@ -152,6 +152,8 @@ def patched_forward(
     MLP branch (or the MLP's down projection, bias and residual adds) each done by
     a clusterfusion op where one computes what HuggingFace would; HuggingFace's
     code for a branch none serves, and its whole forward when neither is served.
+    Where both blocks serve (and both LayerNorms share one eps), the whole layer is
+    one :func:`clusterfusion.gpt_neox_layer`.
 
     Installed on a layer as ``functools.partial(patched_forward, layer)``: models
     pickle it by this function's qualified name."""
@@ -170,6 +172,17 @@ def patched_forward(
         return layer_patch.previous_forward(
             layer, hidden_states, attention_mask, position_ids, use_cache, layer_past, position_embeddings, **kwargs
         )
+    mlp_module, norm = layer.mlp, layer.post_attention_layernorm
+    if cache is not None and mlp == "mlp_block_residual" and layer.input_layernorm.eps == norm.eps:
+        # Both blocks serve the layer: the whole layer op (one launch where its kernel serves the shape).
+        cos, sin = position_embeddings
+        out = gpt_neox_layer(
+            hidden_states, *_weights_and_biases(_attention_block_modules(layer)),
+            *_weights_and_biases(_mlp_block_modules(layer)), cos, sin, cache.keys, cache.values,
+            cache.cumulative_length, attention_mask, norm.eps,
+        )
+        cache.cumulative_length.add_(1)  # as StaticLayer.update advances it
+        return out
     if cache is not None:
         cos, sin = position_embeddings
         attn_output = attention_block(
@@ -187,7 +200,6 @@ def patched_forward(
             position_embeddings=position_embeddings,
             **kwargs,
         )
-    mlp_module, norm = layer.mlp, layer.post_attention_layernorm
     if mlp == "mlp_block_residual":
         return mlp_block_residual(
             hidden_states, attn_output, *_weights_and_biases(_mlp_block_modules(layer)), norm.eps
