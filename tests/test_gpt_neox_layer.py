@@ -71,12 +71,13 @@ def test_cpu_matches_the_float64_layer(dtype, position, masked, biases):
 
 
 @gpu
+@pytest.mark.parametrize("layer_plan", ["auto", "blocks"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("position", [0, 100, 159])
-def test_cuda_matches_the_float64_layer(dtype, position):
-    inputs = make_layer(position, dtype, "cuda")
+def test_cuda_matches_the_float64_layer(dtype, position, layer_plan):
+    inputs = make_layer(position, dtype, "cuda", shape=(256, 4, 1024, 16))  # head_dim 64: the CUDA kernels serve it
     reference = expected(inputs)
-    check(inputs, run(inputs), reference, position)
+    check(inputs, clusterfusion.gpt_neox_layer(**inputs, layer_plan=layer_plan), reference, position)
 
 
 def test_equals_the_layer_plan_interpreter_in_float64():
@@ -208,7 +209,7 @@ def fused_layer(name, position, dtype, **kwargs):
 def test_one_launch_matches_the_float64_layer(name, dtype, position, biases):
     inputs, _ = fused_layer(name, position, dtype, biases=biases)
     reference = expected(inputs)
-    out = call_poisoned(run, inputs)
+    out = call_poisoned(lambda **kw: run(kw), inputs)
     check(inputs, out, reference, position)
 
 

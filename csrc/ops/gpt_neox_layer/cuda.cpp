@@ -45,11 +45,11 @@ struct Setup {
   WorkTable work{};
 };
 
-// Clusters of 4 unless a head's share of the QKV and dense weights would exceed a
-// CTA's fair share of the layer's bytes there (Pythia-1b's heads of 256: clusters of 8).
-int cluster_size_for(const LayerShape& shape, int sm_count) {
+// Whether a head's share of the QKV and dense weights stays within a CTA's fair share
+// of the layer's bytes in clusters of `cluster_size` (Pythia-1b's heads of 256 need 8).
+bool balanced(const LayerShape& shape, int sm_count, int cluster_size) {
   const double fair = (4.0 * shape.hidden * shape.hidden + 2.0 * shape.hidden * shape.ffn) / sm_count;
-  return 4.0 * shape.head_dim() * shape.hidden / 4 <= fair ? 4 : 8;
+  return 4.0 * shape.head_dim() * shape.hidden / cluster_size <= fair;
 }
 
 int largest_slice(const std::vector<CtaWork>& work) {
@@ -58,6 +58,50 @@ int largest_slice(const std::vector<CtaWork>& work) {
   return static_cast<int>(round_up(std::max(rows, 1), kChunkK));
 }
 
+// The setup for clusters of `cluster_size`: as many as fit at once, dealt the layer.
+Setup plan_for_cluster_size(const DeviceModel& device, ScalarKind kind, const LayerShape& shape, int cluster_size,
+                            size_t static_bytes) {
+  Setup s;
+  s.cluster_size = cluster_size;
+  const int head_dim = shape.head_dim();
+  int clusters = std::min(device.sm_count, kMaxCtas) / cluster_size;
+  // Deal for the CTAs that fit at once; the slices' size feeds back into shared memory, so settle it.
+  for (int attempt = 0; attempt < 3 && clusters > 0; ++attempt) {
+    s.ctas = clusters * cluster_size;
+    const std::vector<CtaWork> work = deal(shape, s.ctas, cluster_size);
+    s.mlp_capacity = largest_slice(work);
+    const size_t fixed =
+        LayerSmemLayout(head_dim, shape.hidden, s.mlp_capacity, cluster_size, 0, kStageBytes).request_bytes() +
+        static_bytes;
+    const size_t per_stage = kStageBytes + 16;  // a stage and its two mbarriers
+    s.stages = fixed < device.smem_per_block_optin
+                   ? static_cast<int>(std::min<size_t>(kMaxStages, (device.smem_per_block_optin - fixed) / per_stage))
+                   : 0;
+    if (s.stages < kMinStages) {
+      s.reason = c10::str("hidden ", shape.hidden, " leaves room for fewer than ", kMinStages,
+                          " weight stages in shared memory");
+      return s;
+    }
+    s.smem_bytes =
+        LayerSmemLayout(head_dim, shape.hidden, s.mlp_capacity, cluster_size, s.stages, kStageBytes).request_bytes();
+    int resident = 0;
+    C10_CUDA_CHECK(max_layer_clusters(kind, head_dim, cluster_size, s.smem_bytes, &resident));
+    if (resident >= clusters) {
+      if (shape.heads > clusters) {
+        s.reason = c10::str(shape.heads, " heads on the ", clusters, " clusters of ", cluster_size,
+                            " that fit at once (the layer kernel does one head per cluster)");
+        return s;
+      }
+      std::copy(work.begin(), work.end(), s.work.cta);
+      return s;
+    }
+    clusters = resident;
+  }
+  s.reason = c10::str("no residency for ", cluster_size, "-CTA clusters of the layer kernel on ", device.name);
+  return s;
+}
+
+// Clusters of 4, else 2, else 8 (the first that holds every head and keeps the CTAs balanced).
 Setup plan_setup(int device_index, ScalarKind kind, const LayerShape& shape) {
   Setup s;
   const int head_dim = shape.head_dim();
@@ -72,40 +116,12 @@ Setup plan_setup(int device_index, ScalarKind kind, const LayerShape& shape) {
   const DeviceModel& device = device_model(device_index);
   size_t static_bytes = 0;
   check_device_supported(kOp, device, layer_static_smem_bytes(kind, head_dim, &static_bytes));
-  s.cluster_size = cluster_size_for(shape, device.sm_count);
-  int clusters = std::min(device.sm_count, kMaxCtas) / s.cluster_size;
-  // Deal for the CTAs that fit at once; the slices' size feeds back into shared memory, so settle it.
-  for (int attempt = 0; attempt < 3 && clusters > 0; ++attempt) {
-    s.ctas = clusters * s.cluster_size;
-    const std::vector<CtaWork> work = deal(shape, s.ctas, s.cluster_size);
-    s.mlp_capacity = largest_slice(work);
-    const size_t fixed = LayerSmemLayout(head_dim, shape.hidden, s.mlp_capacity, s.cluster_size, 0, kStageBytes)
-                             .request_bytes() + static_bytes;
-    const size_t per_stage = kStageBytes + 16;  // a stage and its two mbarriers
-    s.stages = fixed < device.smem_per_block_optin
-                   ? static_cast<int>(std::min<size_t>(kMaxStages, (device.smem_per_block_optin - fixed) / per_stage))
-                   : 0;
-    if (s.stages < kMinStages) {
-      s.reason = c10::str("hidden ", shape.hidden, " leaves room for fewer than ", kMinStages,
-                          " weight stages in shared memory");
-      return s;
-    }
-    s.smem_bytes =
-        LayerSmemLayout(head_dim, shape.hidden, s.mlp_capacity, s.cluster_size, s.stages, kStageBytes).request_bytes();
-    int resident = 0;
-    C10_CUDA_CHECK(max_layer_clusters(kind, head_dim, s.cluster_size, s.smem_bytes, &resident));
-    if (resident >= clusters) {
-      if (shape.heads > clusters) {
-        s.reason = c10::str(shape.heads, " heads on ", clusters, " clusters of ", s.cluster_size,
-                            " (the layer kernel does one head per cluster)");
-        return s;
-      }
-      std::copy(work.begin(), work.end(), s.work.cta);
-      return s;
-    }
-    clusters = resident;
+  s.reason = c10::str("a head's share of the weights exceeds a CTA's fair share in clusters of 2, 4 and 8");
+  for (int cluster_size : {4, 2, 8}) {
+    if (!balanced(shape, device.sm_count, cluster_size)) continue;
+    s = plan_for_cluster_size(device, kind, shape, cluster_size, static_bytes);
+    if (s.reason.empty()) return s;
   }
-  s.reason = c10::str("no residency for ", s.cluster_size, "-CTA clusters of the layer kernel on ", device.name);
   return s;
 }
 
