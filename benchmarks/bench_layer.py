@@ -10,8 +10,8 @@ layer's input written by the layer before it) of three arms:
   and the MLP branch of ``bench_mlp_block.py``), eager kernels inside the graph;
 * the same function under ``torch.compile`` (the strongest PyTorch baseline);
 * the two blocks: ``attention_block`` then ``mlp_block_residual`` (seven launches);
-* the layer: ``gpt_neox_layer``, one launch of the layer kernel where it serves the
-  shape (the two blocks otherwise).
+* the layer: ``gpt_neox_layer(layer_plan="one_launch")``, one launch of the layer
+  kernel where it serves the shape (the two blocks otherwise).
 
 The floor is the layer's weights plus the keys and values in use at the read
 ceiling; the table gives each arm's time over it.
@@ -62,7 +62,7 @@ def one_launch_layer(hidden_states, attention, mlp):
         hidden_states, a["ln_weight"], a["ln_bias"], a["qkv_weight"], a["qkv_bias"], a["dense_weight"],
         a["dense_bias"], mlp["ln_weight"], mlp["ln_bias"], mlp["up_weight"], mlp["up_bias"], mlp["down_weight"],
         mlp["down_bias"], a["cos"], a["sin"], a["key_cache"], a["value_cache"], a["cache_position"],
-        a["attention_mask"])
+        a["attention_mask"], layer_plan="one_launch")
 
 
 def make_layers(shape, dtype, layers, max_len, position):

@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"comma-separated selection of {', '.join(FUSIONS)} (default: %(default)s)")
     parser.add_argument("--max-length", type=int, metavar="L",
                         help="the Decoder's cache length (default: prompt tokens + N, at least 2)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the model runs (default auto: the GPU if there is one, else the CPU)")
     parser.add_argument("--dtype", choices=("auto", *_DTYPES), default="auto",
                         help="weights' dtype (default auto: fp16 on a GPU, fp32 on the CPU)")
     parser.add_argument("--compare", action="store_true",
@@ -254,16 +256,19 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def _load(folder: Path, dtype_name: str):
-    """The tokenizer and the model, on the GPU if there is one; says on stderr what it does."""
+def _load(folder: Path, dtype_name: str, device_name: str):
+    """The tokenizer and the model on `device_name` ("auto": the GPU if there is one);
+    says on stderr what it does."""
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
     print(f"loading {folder} ...", file=sys.stderr, flush=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
     dtype = _DTYPES[dtype_name] if dtype_name != "auto" else torch.float16 if device.type == "cuda" else torch.float32
     if device.type == "cpu":
-        print(f"no CUDA GPU: running on the CPU in {str(dtype).removeprefix('torch.')}, slowly",
-              file=sys.stderr, flush=True)
+        why = "no CUDA GPU" if not torch.cuda.is_available() else "--device cpu"
+        print(f"{why}: running on the CPU in {str(dtype).removeprefix('torch.')}, slowly", file=sys.stderr, flush=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, TypeError) as error:
@@ -321,6 +326,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("--prompt is empty")
     if args.max_new_tokens < 1:
         parser.error(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is available")
     sampling = _sampling(parser, args)
     fusions = _fusions(args.fusions)
     try:
@@ -329,7 +336,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--fusions must be auto, none or a comma-separated selection of {', '.join(FUSIONS)}; "
                      f"got {args.fusions!r}")
 
-    tokenizer, model = _load(folder, args.dtype)
+    tokenizer, model = _load(folder, args.dtype, args.device)
     device = next(model.parameters()).device
     prompt_ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(device)
     prompt_length = prompt_ids.shape[1]

@@ -419,26 +419,27 @@ def gpt_neox_layer(
     ``hidden_states + attention(ln1(hidden_states)) + mlp(ln2(hidden_states))``,
     appending this token's key and value to the caches at ``cache_position``.
 
-    On CUDA, where it serves the shape (head_dim 64, 80, 96 or 128, hidden a multiple
-    of 64 up to 8192, at most one head per cluster of CTAs; see
-    :func:`gpt_neox_layer_plan`), the layer is one launch of the layer kernel: the
-    same semantics as :func:`attention_block` followed by :func:`mlp_block_residual`
-    (with the attention output as ``attn_output``), but the attention output and the
-    MLP output are not rounded separately: the result is ``hidden_states`` plus both
-    branches summed in fp32 and rounded once. Elsewhere (the CPU, other shapes,
-    ``layer_plan="blocks"``, and whenever a gradient is needed) it is those two ops,
-    bit for bit; a pinned ``attention_plan`` or ``block_plan`` also runs the two blocks
-    (with those plans). Arguments are the attention block's (its LayerNorm as
-    ``attn_ln_weight``, ``attn_ln_bias``) and the MLP block's (``mlp_ln_weight``,
-    ``mlp_ln_bias``, ``up_*``, ``down_*``); one ``eps`` serves both LayerNorms, as in
-    GPT-NeoX's config. ``attention_plan`` and ``block_plan`` pin the blocks' launch
-    plans where the blocks run (``None``: the enclosing :func:`clusterfusion.tuning`
-    block's).
+    ``layer_plan`` picks how: ``"blocks"`` runs :func:`attention_block` followed by
+    :func:`mlp_block_residual` (with the attention output as ``attn_output``), and so
+    gives their results, dtypes, devices and errors bit for bit; ``"one_launch"`` runs
+    the layer kernel on CUDA where it serves the shape (head_dim 64, 80, 96 or 128,
+    hidden a multiple of 64 up to 8192, at most one head per cluster of CTAs; see
+    :func:`gpt_neox_layer_plan`): the blocks' semantics in one launch, except that the
+    attention output and the MLP output are not rounded separately (``hidden_states``
+    and both branches are summed in fp32 and rounded once). ``"auto"`` (the default)
+    picks the faster, today the blocks: the layer kernel's first version is slower
+    (docs/history.md). The CPU, other shapes, a pinned ``attention_plan`` or
+    ``block_plan``, and any call that needs a gradient run the blocks whatever the plan.
+    Arguments are the attention block's (its LayerNorm as ``attn_ln_weight``,
+    ``attn_ln_bias``) and the MLP block's (``mlp_ln_weight``, ``mlp_ln_bias``,
+    ``up_*``, ``down_*``); one ``eps`` serves both LayerNorms, as in GPT-NeoX's config.
+    ``attention_plan`` and ``block_plan`` pin the blocks' launch plans (``None``: the
+    enclosing :func:`clusterfusion.tuning` block's).
 
     Raises:
         ValueError, TypeError, RuntimeError: as the two blocks; a LayerNorm parameter
             of the wrong shape names this op's argument; a ``layer_plan`` other than
-            ``"auto"`` or ``"blocks"``.
+            ``"auto"``, ``"one_launch"`` or ``"blocks"``.
     """
     _check_position_is_a_tensor("gpt_neox_layer", cache_position)
     tuning = current_tuning()

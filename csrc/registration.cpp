@@ -43,8 +43,8 @@ TORCH_LIBRARY(clusterfusion, m) {
   m.def("attention_block_plan(Tensor qkv_weight, Tensor dense_weight, *, str plan=\"auto\") -> int[]");
   // ops/gpt_neox_layer: GPT-NeoX's parallel-residual decode layer for one new token,
   // hidden_states + attention_block(...) + mlp(layer_norm(hidden_states)), appending
-  // this token's key and value to the caches: one launch where the layer kernel
-  // serves (layer_plan "auto"), else the two block ops in turn.
+  // this token's key and value to the caches: one launch of the layer kernel
+  // (layer_plan "one_launch", where it serves), else the two block ops in turn.
   m.def(
       "gpt_neox_layer(Tensor hidden_states, Tensor attn_ln_weight, Tensor? attn_ln_bias, Tensor qkv_weight, "
       "Tensor? qkv_bias, Tensor dense_weight, Tensor? dense_bias, Tensor mlp_ln_weight, Tensor? mlp_ln_bias, "

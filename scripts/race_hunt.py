@@ -3,7 +3,7 @@ graph many times, every replay's result bit for bit the first one's.
 
 For each op (mlp_down_residual, mlp_block_residual, attention_block,
 sample_tokens) and for the real layer (attention_block then mlp_block_residual,
-and gpt_neox_layer: one launch where the layer kernel serves the shape) it builds a chain of 8 layers with random fp16 weights scaled so values stay
+and gpt_neox_layer with layer_plan="one_launch": the layer kernel) it builds a chain of 8 layers with random fp16 weights scaled so values stay
 O(1), each layer reading the previous layer's output: as ``hidden_states``
 (sample_tokens: the previous token is the next draw's ``top_k``). The attention
 layers have their own caches and share a device-side position. Per chain:
@@ -156,7 +156,7 @@ def attention_chain(s: Shape, position: int, layer: str) -> Chain:
         return clusterfusion.gpt_neox_layer(
             x, a["ln_weight"], a["ln_bias"], a["qkv_weight"], a["qkv_bias"], a["dense_weight"], a["dense_bias"],
             m["ln_weight"], m["ln_bias"], m["up_weight"], m["up_bias"], m["down_weight"], m["down_bias"], cos, sin,
-            a["key_cache"], a["value_cache"], cache_position)
+            a["key_cache"], a["value_cache"], cache_position, layer_plan="one_launch")
 
     def run():
         x, outs = x0, []

@@ -63,9 +63,10 @@ def checkpoint(tmp_path_factory):
 
 
 def _run(capsys, *arguments):
-    """main(arguments): (exit status, stdout, stderr); argparse's SystemExit gives its code."""
+    """main(arguments) on the CPU (the checkpoint's model is compared on the CPU): (exit
+    status, stdout, stderr); argparse's SystemExit gives its code."""
     try:
-        status = main([str(a) for a in arguments])
+        status = main(["--device", "cpu", *(str(a) for a in arguments)])
     except SystemExit as exit:
         status = exit.code
     out, err = capsys.readouterr()
@@ -222,3 +223,10 @@ def test_a_bad_argument_exits_without_a_traceback_as_a_module(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith("no such directory")
     assert "Traceback" not in result.stderr
+
+
+def test_device_cuda_without_a_gpu_is_a_usage_error(checkpoint, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    folder, _, _ = checkpoint
+    status, _, err = _run(capsys, "--model", folder, "--prompt", PROMPT, "--device", "cuda")
+    assert status == 2 and "--device cuda: no CUDA GPU is available" in err

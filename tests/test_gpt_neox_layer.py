@@ -57,8 +57,12 @@ def check(inputs, out, reference, position):
         assert torch.equal(cache[:, :, others].double(), ref[:, :, others]), f"{name} changed outside the position"
 
 
-def run(inputs, mask=None):
-    return clusterfusion.gpt_neox_layer(**inputs, attention_mask=mask)
+def run(inputs, mask=None, layer_plan="auto"):
+    return clusterfusion.gpt_neox_layer(**inputs, attention_mask=mask, layer_plan=layer_plan)
+
+
+def one_launch(inputs, mask=None):
+    return run(inputs, mask, layer_plan="one_launch")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -71,7 +75,7 @@ def test_cpu_matches_the_float64_layer(dtype, position, masked, biases):
 
 
 @gpu
-@pytest.mark.parametrize("layer_plan", ["auto", "blocks"])
+@pytest.mark.parametrize("layer_plan", ["auto", "one_launch", "blocks"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("position", [0, 100, 159])
 def test_cuda_matches_the_float64_layer(dtype, position, layer_plan):
@@ -209,7 +213,7 @@ def fused_layer(name, position, dtype, **kwargs):
 def test_one_launch_matches_the_float64_layer(name, dtype, position, biases):
     inputs, _ = fused_layer(name, position, dtype, biases=biases)
     reference = expected(inputs)
-    out = call_poisoned(lambda **kw: run(kw), inputs)
+    out = call_poisoned(lambda **kw: one_launch(kw), inputs)
     check(inputs, out, reference, position)
 
 
@@ -221,8 +225,8 @@ def test_one_launch_masks(kind, padding):
     position = 900
     inputs, _ = fused_layer("2.8b", position, torch.float16)
     mask = mask_row(kind, FUSED_MAX_LEN, position, torch.float16, "cuda", padding=padding)
-    reference = expected(inputs, mask.cpu())
-    check(inputs, run(inputs, mask), reference, position)
+    reference = expected(inputs, mask.cpu().double() if mask.dtype == torch.float16 else mask.cpu())
+    check(inputs, one_launch(inputs, mask), reference, position)
 
 
 @gpu
@@ -231,16 +235,16 @@ def test_one_launch_is_reproducible_and_replays_in_a_cuda_graph():
     and the appended cache rows poisoned before each replay."""
     position = 1300
     inputs, _ = fused_layer("6.9b", position, torch.bfloat16)
-    first = run(inputs)
+    first = one_launch(inputs)
     written = {k: inputs[k][:, :, position].clone() for k in ("key_cache", "value_cache")}
-    assert torch.equal(run(inputs), first), "a second call differs"
+    assert torch.equal(one_launch(inputs), first), "a second call differs"
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        run(inputs)  # warm-up on the capture stream
+        one_launch(inputs)  # warm-up on the capture stream
         with torch.cuda.graph(graph, stream=stream):
-            out = run(inputs)
+            out = one_launch(inputs)
     torch.cuda.current_stream().wait_stream(stream)
     for _ in range(20):
         out.fill_(float("nan"))
@@ -273,11 +277,12 @@ def test_the_kernels_plan_is_the_python_deal(name):
 
 
 @gpu
-def test_the_blocks_plan_runs_the_two_blocks_bit_for_bit():
+@pytest.mark.parametrize("layer_plan", ["auto", "blocks"])
+def test_the_auto_and_blocks_plans_run_the_two_blocks_bit_for_bit(layer_plan):
     position = 600
     inputs, _ = fused_layer("70m", position, torch.float16)
     clones = {k: v.clone() if k.endswith("_cache") else v for k, v in inputs.items()}
-    out = clusterfusion.gpt_neox_layer(**inputs, layer_plan="blocks")
+    out = clusterfusion.gpt_neox_layer(**inputs, layer_plan=layer_plan)
     step = {k: v for k, v in clones.items() if not k.startswith(("mlp_", "up_", "down_"))}
     step["ln_weight"], step["ln_bias"] = step.pop("attn_ln_weight"), step.pop("attn_ln_bias")
     attn = clusterfusion.attention_block(**step)
@@ -291,6 +296,15 @@ def test_a_bad_layer_plan_is_named():
     inputs = make_layer(3, torch.float32, "cpu")
     with pytest.raises(ValueError, match="gpt_neox_layer: argument 'layer_plan' must be \"auto\""):
         clusterfusion.gpt_neox_layer(**inputs, layer_plan="fused")
+
+
+@pytest.mark.parametrize("layer_plan", ["auto", "one_launch"])
+def test_on_the_cpu_every_layer_plan_is_the_two_blocks(layer_plan):
+    inputs = make_layer(40, torch.float32, "cpu")
+    clones = {k: v.clone() if k.endswith("_cache") else v for k, v in inputs.items()}
+    assert torch.equal(run(inputs, layer_plan=layer_plan), run(clones, layer_plan="blocks"))
+    for name in ("key_cache", "value_cache"):
+        assert torch.equal(inputs[name], clones[name]), name
 
 
 def test_the_plan_query_on_the_cpu_is_a_value_error():

@@ -12,9 +12,9 @@ namespace clusterfusion::gpt_neox_layer {
 
 void check_layer_args(const Args& a) {
   const std::string plan(a.layer_plan.data(), a.layer_plan.size());
-  TORCH_CHECK_VALUE(plan == "auto" || plan == "blocks", kOp,
-                    ": argument 'layer_plan' must be \"auto\" (the one-launch kernel where it serves) or \"blocks\" "
-                    "(the two block ops); got \"",
+  TORCH_CHECK_VALUE(plan == "auto" || plan == "one_launch" || plan == "blocks", kOp,
+                    ": argument 'layer_plan' must be \"auto\" (the faster of the two below: today the blocks), "
+                    "\"one_launch\" (the layer kernel where it serves) or \"blocks\" (the two block ops); got \"",
                     plan, "\"");
   const int64_t hidden = attention_block::check_qkv_weight(kOp, a.qkv_weight);
   check_vector(kOp, "attn_ln_weight", a.attn_ln_weight, hidden, "hidden");

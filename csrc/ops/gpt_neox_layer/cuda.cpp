@@ -1,6 +1,6 @@
 // CUDA backend of clusterfusion.gpt_neox_layer: the one-launch layer kernel
-// (layer_kernel.cuh) where it serves the arguments; otherwise, with
-// layer_plan="blocks" and with a block plan pinned, the two block ops. The position is read on the device
+// (layer_kernel.cuh) with layer_plan="one_launch" where it serves the arguments;
+// otherwise the two block ops ("auto" picks them while they are the faster). The position is read on the device
 // only and every buffer comes from PyTorch's allocator: no host synchronization,
 // safe inside CUDA-graph capture.
 #include <ATen/ATen.h>
@@ -174,9 +174,10 @@ attention_block::Shape check_attention_args(const Args& a) {
 
 at::Tensor gpt_neox_layer_cuda(const Args& a) {
   check_layer_args(a);
-  // Pinned block plans ask for the blocks: the layer kernel has no plan of theirs to pin.
+  // "auto" runs the blocks while they are the faster (docs/history.md, the one-launch layer);
+  // pinned block plans ask for the blocks: the layer kernel has no plan of theirs to pin.
   auto is = [](c10::string_view v, const char* what) { return std::string(v.data(), v.size()) == what; };
-  if (is(a.layer_plan, "blocks") || !is(a.attention_plan, "auto") || !is(a.block_plan, "auto")) {
+  if (!is(a.layer_plan, "one_launch") || !is(a.attention_plan, "auto") || !is(a.block_plan, "auto")) {
     return through_blocks(a);
   }
   const attention_block::Shape shape = check_attention_args(a);
