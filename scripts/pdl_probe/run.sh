@@ -6,15 +6,9 @@
 # attention kernel as the QKV projection's programmatic dependent. Usage:
 #   scripts/pdl_probe/run.sh [CALLS]      # CALLS per probe variant (default 300)
 set -uo pipefail
-src=$(pwd)
 dst=/tmp/pdl_probe
-rm -rf "$dst" && mkdir -p "$dst"
-git -C "$src" ls-files -z --cached --others --exclude-standard | (cd "$src" && xargs -0 cp --parents -t "$dst") || exit 1
-python3 "$dst/scripts/pdl_probe/apply.py" "$dst" || exit 1
+scripts/diagnostic_build.sh "$dst" scripts/pdl_probe/apply.py || exit 1
 cd "$dst" || exit 1
-export LDFLAGS="${LDFLAGS:-} -Wl,--push-state,--no-as-needed -l:libstdc++.so.6 -Wl,--pop-state"
-arch=$(python3 -c "import torch; M, m = torch.cuda.get_device_capability(0); print(f'{M}{m}a')")
-CLUSTERFUSION_CUDA_ARCHS=$arch MAX_JOBS=16 python3 setup.py build_ext --inplace > build.log 2>&1 || { tail -30 build.log; exit 1; }
 export PYTHONPATH=$dst PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name --format=csv,noheader
 python3 scripts/pdl_probe/call_probe.py "${1:-300}"

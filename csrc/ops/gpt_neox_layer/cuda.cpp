@@ -173,13 +173,13 @@ attention_block::Shape check_attention_args(const Args& a) {
 }
 
 at::Tensor gpt_neox_layer_cuda(const Args& a) {
-  check_layer_args(a);
   // "auto" runs the blocks while they are the faster (docs/history.md, the one-launch layer);
   // pinned block plans ask for the blocks: the layer kernel has no plan of theirs to pin.
   auto is = [](c10::string_view v, const char* what) { return std::string(v.data(), v.size()) == what; };
   if (!is(a.layer_plan, "one_launch") || !is(a.attention_plan, "auto") || !is(a.block_plan, "auto")) {
-    return through_blocks(a);
+    return through_blocks(a);  // which checks the arguments, the layer plan's too
   }
+  check_layer_args(a);
   const attention_block::Shape shape = check_attention_args(a);
   if (!fused_reason(a, shape).empty()) return through_blocks(a);
   const c10::cuda::CUDAGuard guard(a.qkv_weight.device());
