@@ -1,5 +1,5 @@
 """Values only the device sees fail loudly: a cache position past the cache stops the
-attention kernel with a device-side assert (as HuggingFace's own cache update does),
+attention kernel (and the layer kernel) with a device-side assert (as HuggingFace's own cache update does),
 directly and through the HuggingFace patch, never NaN. Each case runs in a child
 process, since a device-side assert ends the CUDA context."""
 
@@ -18,6 +18,8 @@ from conftest import gpu
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 # What the attention kernel's assert says (csrc/ops/attention_block/decode_attention.cuh).
 _KERNEL_ASSERT = "clusterfusion.attention_block: cache_position within [0, key_cache.shape[2])"
+# The layer kernel's (csrc/ops/gpt_neox_layer/layer_kernel.cuh).
+_LAYER_ASSERT = "clusterfusion.gpt_neox_layer: cache_position within [0, key_cache.shape[2])"
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -45,6 +47,25 @@ def test_attention_block_asserts_on_a_position_outside_the_cache(position):
     assert result.returncode != 0, result.stdout
     assert "device-side assert triggered" in result.stderr, result.stderr[-2000:]
     assert _KERNEL_ASSERT in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
+    assert "no error" not in result.stdout
+
+
+@gpu
+@pytest.mark.parametrize("position", [8, -1])
+def test_the_layer_kernel_asserts_on_a_position_outside_the_cache(position):
+    result = _run(f"""
+        import torch, clusterfusion
+        from test_gpt_neox_layer import make_layer
+        inputs = make_layer(0, torch.float16, "cuda", shape=(512, 8, 2048, 16), max_len=8)
+        inputs["cache_position"] = torch.tensor({position}, device="cuda")
+        out = clusterfusion.gpt_neox_layer(**inputs, layer_plan="one_launch")
+        print("finite" if torch.isfinite(out).all() else "nan", flush=True)
+        torch.cuda.synchronize()
+        print("no error", flush=True)
+    """)
+    assert result.returncode != 0, result.stdout
+    assert "device-side assert triggered" in result.stderr, result.stderr[-2000:]
+    assert _LAYER_ASSERT in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
     assert "no error" not in result.stdout
 
 
