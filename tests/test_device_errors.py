@@ -30,43 +30,42 @@ def _run(code: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-@gpu
-@pytest.mark.parametrize("position", [8, 9, 1 << 40, -1])
-def test_attention_block_asserts_on_a_position_outside_the_cache(position):
-    result = _run(f"""
-        import torch, clusterfusion
-        from test_attention_block import make_step
-        step = make_step(256, 4, 16, 8, 0, torch.float16, "cuda")
-        step["cache_position"] = torch.tensor({position}, device="cuda")
-        keys = step["key_cache"].clone()
-        out = clusterfusion.attention_block(**step)
+def _assert_stops(inputs: str, call: str, message: str) -> None:
+    """Runs in a child: `inputs` (code that builds the dict `inputs` with a position
+    outside the cache), then `call` on it; the child must stop with a device-side
+    assert that says `message`, before the synchronization returns."""
+    result = _run(inputs + f"""
+        out = {call}
         print("finite" if torch.isfinite(out).all() else "nan", flush=True)
         torch.cuda.synchronize()
         print("no error", flush=True)
     """)
     assert result.returncode != 0, result.stdout
     assert "device-side assert triggered" in result.stderr, result.stderr[-2000:]
-    assert _KERNEL_ASSERT in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
+    assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
     assert "no error" not in result.stdout
+
+
+@gpu
+@pytest.mark.parametrize("position", [8, 9, 1 << 40, -1])
+def test_attention_block_asserts_on_a_position_outside_the_cache(position):
+    _assert_stops(f"""
+        import torch, clusterfusion
+        from test_attention_block import make_step
+        inputs = make_step(256, 4, 16, 8, 0, torch.float16, "cuda")
+        inputs["cache_position"] = torch.tensor({position}, device="cuda")
+    """, "clusterfusion.attention_block(**inputs)", _KERNEL_ASSERT)
 
 
 @gpu
 @pytest.mark.parametrize("position", [8, -1])
 def test_the_layer_kernel_asserts_on_a_position_outside_the_cache(position):
-    result = _run(f"""
+    _assert_stops(f"""
         import torch, clusterfusion
         from test_gpt_neox_layer import make_layer
         inputs = make_layer(0, torch.float16, "cuda", shape=(512, 8, 2048, 16), max_len=8)
         inputs["cache_position"] = torch.tensor({position}, device="cuda")
-        out = clusterfusion.gpt_neox_layer(**inputs, layer_plan="one_launch")
-        print("finite" if torch.isfinite(out).all() else "nan", flush=True)
-        torch.cuda.synchronize()
-        print("no error", flush=True)
-    """)
-    assert result.returncode != 0, result.stdout
-    assert "device-side assert triggered" in result.stderr, result.stderr[-2000:]
-    assert _LAYER_ASSERT in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
-    assert "no error" not in result.stdout
+    """, 'clusterfusion.gpt_neox_layer(**inputs, layer_plan="one_launch")', _LAYER_ASSERT)
 
 
 @gpu
