@@ -48,8 +48,7 @@ struct Setup {
 // Whether a head's share of the QKV and dense weights stays within a CTA's fair share
 // of the layer's bytes in clusters of `cluster_size` (Pythia-1b's heads of 256 need 8).
 bool balanced(const LayerShape& shape, int sm_count, int cluster_size) {
-  const double fair = (4.0 * shape.hidden * shape.hidden + 2.0 * shape.hidden * shape.ffn) / sm_count;
-  return 4.0 * shape.head_dim() * shape.hidden / cluster_size <= fair;
+  return 4.0 * shape.head_dim() * shape.hidden / cluster_size <= shape.fair_share(sm_count);
 }
 
 int largest_slice(const std::vector<CtaWork>& work) {
@@ -230,8 +229,6 @@ at::Tensor gpt_neox_layer_cuda(const Args& a) {
   p.counts = reinterpret_cast<unsigned int*>(counts.data_ptr<int>());
   p.out = out.data_ptr();
   p.hidden = static_cast<int>(shape.hidden);
-  p.ffn = static_cast<int>(a.up_weight.size(0));
-  p.heads = static_cast<int>(shape.heads);
   p.max_len = static_cast<int>(shape.max_len);
   p.ctas = setup.ctas;
   p.stages = setup.stages;

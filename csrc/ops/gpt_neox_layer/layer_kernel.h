@@ -61,8 +61,6 @@ struct LayerParams {
   unsigned int* counts;     // [2]: zero at launch, left zero (device/counter.cuh)
   void* out;                // [hidden]
   int hidden;
-  int ffn;
-  int heads;
   int max_len;
   int ctas;
   int stages;        // weight tiles in flight per CTA
@@ -78,7 +76,6 @@ constexpr int kChunkK = 64;                     // reduction elements per stage
 constexpr int kStageBytes = kTileRows * 128;
 constexpr int kMinStages = 2;
 constexpr int kMaxStages = 16;
-constexpr int kMaxClusterSize = 8;
 constexpr int kMaxHidden = 8 * 4 * 32 * kConsumerWarps;  // the norm row stage's row over the consumer warps
 
 bool head_dim_supported(int head_dim);

@@ -55,7 +55,7 @@ std::vector<CtaWork> deal(const LayerShape& shape, int ctas, int cluster_size) {
   auto head_elements = [&](int cta, const Range& dense) {
     return head_of(cta) < 0 ? 0.0 : static_cast<double>(hd) * (3 * qkv[cta % cluster_size].size() + dense.size());
   };
-  const double fair = (4.0 * shape.hidden * shape.hidden + 2.0 * shape.hidden * shape.ffn) / ctas;
+  const double fair = shape.fair_share(ctas);
   std::vector<double> lacks(ctas);
   for (int cta = 0; cta < ctas; ++cta) {
     lacks[cta] = std::max(0.0, fair - head_elements(cta, even_dense[cta % cluster_size]));

@@ -14,6 +14,10 @@ struct LayerShape {
   int heads;
   int ffn;
   int head_dim() const { return hidden / heads; }
+  // Weight elements each of `ctas` CTAs streams when the layer's are shared evenly.
+  double fair_share(int ctas) const {
+    return (4.0 * hidden * hidden + 2.0 * hidden * static_cast<double>(ffn)) / ctas;
+  }
 };
 
 // The work of each of `ctas` CTAs (clusters of `cluster_size`): every cluster
