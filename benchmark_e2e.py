@@ -29,6 +29,7 @@ uncompiled PyTorch arm, and free-running greedy tokens compared.
     python benchmark_e2e.py --no-compile           # without the torch.compile arms
     python benchmark_e2e.py --fusions mlp_block_residual    # the MLP block only (attention stays HuggingFace's)
     python benchmark_e2e.py --fusions attention_block,mlp_down_residual
+    python benchmark_e2e.py --layer-plan one_launch    # the layer kernel where it serves the model
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ LABELS = {
     "clusterfusion": "clusterfusion",
     "clusterfusion_compiled": "clusterfusion + compile",
 }
+LAYER_PLANS = ("auto", "one_launch", "blocks")  # clusterfusion.tuning's layer_plan
 WARMUP_TOKENS = 16  # enough to set up the allocator, cuBLAS and generate(); a long warm-up only costs time
 
 
@@ -317,6 +319,19 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"argument --fusions: {error}")
 
 
+def layer_kernel_summary(model) -> str:
+    """How the one-launch layer kernel runs the model's layers on this card, or why it does not."""
+    import clusterfusion
+
+    layer = model.gpt_neox.layers[0]
+    try:
+        plan = clusterfusion.gpt_neox_layer_plan(layer.attention.query_key_value.weight,
+                                                 layer.mlp.dense_h_to_4h.weight, model.config.num_attention_heads)
+    except ValueError as error:
+        return f"not served, the blocks run instead ({error})"
+    return f"{plan['ctas']} CTAs in clusters of {plan['cluster_size']}, {plan['stages']} weight stages"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=list(CONFIGS), default="2.8b", help="model size for random weights")
@@ -334,15 +349,25 @@ def main(argv=None) -> int:
     parser.add_argument("--fusions", default="auto", type=lambda s: s if s == "auto" else tuple(s.split(",")),
                         help="what serves the clusterfusion arms' layers: auto (every fusion) or a comma-separated "
                              "selection of attention_block, mlp_block_residual, mlp_down_residual")
+    parser.add_argument("--layer-plan", choices=LAYER_PLANS, default="auto",
+                        help="how gpt_neox_layer runs the clusterfusion arms' layers (clusterfusion.tuning): auto, "
+                             "one_launch (the layer kernel) or blocks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="benchmark_e2e.json")
     parser.add_argument("--plot", metavar="FILE.png")
     args = parser.parse_args(argv)
     check_args(parser, args)  # before the GPU check: a bad argument is reported on any machine
-
     if not torch.cuda.is_available():
         print("benchmark_e2e: no CUDA GPU found; this benchmark needs one (H100/H200 or RTX 5090).", file=sys.stderr)
         return 1
+    import clusterfusion
+
+    with clusterfusion.tuning(layer_plan=args.layer_plan):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The benchmark, on a CUDA GPU, with arguments checked."""
     from clusterfusion.hf import patched
 
     dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
@@ -352,7 +377,9 @@ def main(argv=None) -> int:
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), device="cuda",
                            generator=torch.Generator("cuda").manual_seed(args.seed))
     longest = max(max(args.tokens), args.fidelity_steps)
-    print(f"{source}; {args.dtype}; {card}; torch {torch.__version__}", flush=True)
+    print(f"{source}; {args.dtype}; {card}; torch {torch.__version__}; layer_plan {args.layer_plan}", flush=True)
+    if args.layer_plan == "one_launch":
+        print(f"layer kernel: {layer_kernel_summary(model)}", flush=True)
 
     def decoder(arm):
         compiled = arm.endswith("_compiled")
@@ -377,7 +404,8 @@ def main(argv=None) -> int:
 
     def save():
         with open(args.json, "w") as f:
-            json.dump(dict(card=card, source=source, dtype=args.dtype, fusions=args.fusions, torch=torch.__version__, results=results,
+            json.dump(dict(card=card, source=source, dtype=args.dtype, fusions=args.fusions, layer_plan=args.layer_plan,
+                           torch=torch.__version__, results=results,
                            fidelity=fid, setup_seconds=setup), f, indent=1)
 
     def run_mode(mode, decoders, counts):

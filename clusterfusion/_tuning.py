@@ -42,12 +42,19 @@ class Tuning:
             kernels (the up and the down projection), each ``"auto"`` or ``"BLOCK_N:CLUSTER[:STAGES]"``.
         attention_plan: ``"auto"`` or ``"QKV;DENSE"`` for the attention block's
             two GEMV kernels (the QKV and the output projection), each as in ``block_plan``.
+        layer_plan: how :func:`clusterfusion.gpt_neox_layer` runs a layer: ``"auto"``,
+            ``"one_launch"`` (the layer kernel where it serves the shape) or ``"blocks"``.
+            It reaches the layers the HuggingFace patch and the ``Decoder`` serve.
     """
 
     plan: str = "auto"
     pdl: bool = True
     block_plan: str = "auto"
     attention_plan: str = "auto"
+    layer_plan: str = "auto"
+
+
+LAYER_PLANS = ("auto", "one_launch", "blocks")
 
 
 class _State(threading.local):
@@ -65,14 +72,15 @@ def current_tuning() -> Tuning:
 
 @contextlib.contextmanager
 def tuning(plan: str | None = None, pdl: bool | None = None, *, block_plan: str | None = None,
-           attention_plan: str | None = None):
+           attention_plan: str | None = None, layer_plan: str | None = None):
     """Context manager: ops called inside use these launch settings.
 
     Arguments left ``None`` keep the enclosing setting. Yields the settings in force.
 
     Raises:
         TypeError: a plan is not a string or ``pdl`` not a bool.
-        ValueError: a malformed plan string (checked here, before any op reads it).
+        ValueError: a malformed plan string or a ``layer_plan`` not in
+            ``("auto", "one_launch", "blocks")`` (checked here, before any op reads it).
     """
     if plan is not None and not isinstance(plan, str):
         raise TypeError(f"clusterfusion.tuning: argument 'plan' must be a str like \"184:8:8\" or \"auto\"; got {plan!r}")
@@ -83,13 +91,16 @@ def tuning(plan: str | None = None, pdl: bool | None = None, *, block_plan: str 
             )
     if pdl is not None and not isinstance(pdl, bool):
         raise TypeError(f"clusterfusion.tuning: argument 'pdl' must be a bool; got {pdl!r}")
+    if layer_plan is not None and layer_plan not in LAYER_PLANS:
+        raise (ValueError if isinstance(layer_plan, str) else TypeError)(
+            f"clusterfusion.tuning: argument 'layer_plan' must be one of {LAYER_PLANS}; got {layer_plan!r}")
     for name, value in (("plan", plan), ("block_plan", block_plan), ("attention_plan", attention_plan)):
         if value is not None:
             _C.check_plan(name, value)
     previous = _state.current
     _state.current = dataclasses.replace(
         previous, **{k: v for k, v in (("plan", plan), ("block_plan", block_plan), ("attention_plan", attention_plan),
-                                ("pdl", pdl)) if v is not None}
+                                ("layer_plan", layer_plan), ("pdl", pdl)) if v is not None}
     )
     try:
         yield _state.current

@@ -410,7 +410,7 @@ def gpt_neox_layer(
     attention_mask: torch.Tensor | None = None,
     eps: float = 1e-5,
     *,
-    layer_plan: str = "auto",
+    layer_plan: str | None = None,
     attention_plan: str | None = None,
     block_plan: str | None = None,
     pdl: bool | None = None,
@@ -433,8 +433,9 @@ def gpt_neox_layer(
     Arguments are the attention block's (its LayerNorm as ``attn_ln_weight``,
     ``attn_ln_bias``) and the MLP block's (``mlp_ln_weight``, ``mlp_ln_bias``,
     ``up_*``, ``down_*``); one ``eps`` serves both LayerNorms, as in GPT-NeoX's config.
-    ``attention_plan`` and ``block_plan`` pin the blocks' launch plans (``None``: the
-    enclosing :func:`clusterfusion.tuning` block's).
+    ``layer_plan``, ``attention_plan`` and ``block_plan`` left ``None`` take the
+    enclosing :func:`clusterfusion.tuning` block's (``layer_plan``: ``"auto"`` outside
+    any); ``attention_plan`` and ``block_plan`` pin the blocks' launch plans.
 
     Raises:
         ValueError, TypeError, RuntimeError: as the two blocks; a LayerNorm parameter
@@ -447,7 +448,7 @@ def gpt_neox_layer(
         hidden_states, attn_ln_weight, attn_ln_bias, qkv_weight, qkv_bias, dense_weight, dense_bias, mlp_ln_weight,
         mlp_ln_bias, up_weight, up_bias, down_weight, down_bias, cos, sin, key_cache, value_cache, cache_position,
         attention_mask, eps,
-        layer_plan=layer_plan,
+        layer_plan=tuning.layer_plan if layer_plan is None else layer_plan,
         attention_plan=tuning.attention_plan if attention_plan is None else attention_plan,
         block_plan=tuning.block_plan if block_plan is None else block_plan,
         pdl=tuning.pdl if pdl is None else pdl,

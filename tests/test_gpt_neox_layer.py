@@ -298,6 +298,29 @@ def test_a_bad_layer_plan_is_named():
         clusterfusion.gpt_neox_layer(**inputs, layer_plan="fused")
 
 
+def test_the_tuning_layer_plan_reaches_the_op(monkeypatch):
+    # The layer plan in force reaches the op when the call leaves it out: a bad one (which
+    # clusterfusion.tuning itself refuses, so it is set directly) makes the op raise.
+    inputs = make_layer(3, torch.float32, "cpu")
+    monkeypatch.setattr(clusterfusion._tuning._state, "current", clusterfusion.Tuning(layer_plan="fused"))
+    with pytest.raises(ValueError, match="gpt_neox_layer: argument 'layer_plan' must be \"auto\""):
+        clusterfusion.gpt_neox_layer(**inputs)
+    clusterfusion.gpt_neox_layer(**inputs, layer_plan="blocks")  # an explicit plan wins
+
+
+@gpu
+def test_tuning_one_launch_runs_the_layer_kernel():
+    position = 600
+    inputs, _ = fused_layer("70m", position, torch.float16)
+    clones = {k: v.clone() if k.endswith("_cache") else v for k, v in inputs.items()}
+    blocks = {k: v.clone() if k.endswith("_cache") else v for k, v in inputs.items()}
+    with clusterfusion.tuning(layer_plan="one_launch"):
+        tuned = clusterfusion.gpt_neox_layer(**inputs)
+    assert torch.equal(tuned, one_launch(clones))
+    # The kernel rounds once where the blocks round each branch: some outputs differ.
+    assert not torch.equal(tuned, clusterfusion.gpt_neox_layer(**blocks, layer_plan="blocks"))
+
+
 @pytest.mark.parametrize("layer_plan", ["auto", "one_launch"])
 def test_on_the_cpu_every_layer_plan_is_the_two_blocks(layer_plan):
     inputs = make_layer(40, torch.float32, "cpu")

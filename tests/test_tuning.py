@@ -62,3 +62,18 @@ def test_tuning_checks_a_pin_where_it_is_set(setting, pin, expected):
         with clusterfusion.tuning(**{setting: pin}):
             pass
     assert clusterfusion.current_tuning() == clusterfusion.Tuning()
+
+
+def test_layer_plan_is_its_own_setting_and_is_checked_where_it_is_set():
+    with clusterfusion.tuning(layer_plan="one_launch") as t:
+        assert (t.layer_plan, t.plan, t.block_plan) == ("one_launch", "auto", "auto")
+        with clusterfusion.tuning(pdl=False) as inner:
+            assert (inner.layer_plan, inner.pdl) == ("one_launch", False)
+    assert clusterfusion.current_tuning() == clusterfusion.Tuning()
+    with pytest.raises(ValueError, match=r"clusterfusion.tuning: argument 'layer_plan' must be one of .*got 'fused'"):
+        with clusterfusion.tuning(layer_plan="fused"):
+            pass
+    with pytest.raises(TypeError, match=r"argument 'layer_plan' must be one of .*got 1"):
+        with clusterfusion.tuning(layer_plan=1):
+            pass
+    assert clusterfusion.current_tuning() == clusterfusion.Tuning()
