@@ -76,6 +76,25 @@ def load_model(args, dtype):
     return model.to(dtype).eval(), f"Pythia-{args.config} config, random weights"
 
 
+def streamed_bytes(model) -> int:
+    """Bytes a decode step must read at least once, besides the cache: every
+    parameter, of the input embedding only the token's row."""
+    embed_in = model.get_input_embeddings().weight
+    row = embed_in.shape[1] * embed_in.element_size()
+    total = sum(p.numel() * p.element_size() for p in model.parameters()) - embed_in.numel() * embed_in.element_size()
+    tied = model.get_output_embeddings().weight is embed_in  # then the LM head reads all of it
+    return total + (embed_in.numel() * embed_in.element_size() if tied else row)
+
+
+def floor_ms(model, prompt_len: int, new_tokens: int, ceiling_tbs: float) -> float:
+    """The decode step's floor, averaged over a request: the parameters and the keys
+    and values in use (prompt_len + new_tokens / 2 positions on average) at the read ceiling."""
+    c = model.config
+    element = next(model.parameters()).element_size()
+    kv = 2 * c.num_hidden_layers * c.hidden_size * (prompt_len + new_tokens / 2) * element
+    return (streamed_bytes(model) + kv) / (ceiling_tbs * 1e12) * 1e3
+
+
 def _timed(fn):
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -246,12 +265,15 @@ def fidelity(graphs, steps):
     return result
 
 
-def print_table_header(mode, card, source, arms):
+def print_table_header(mode, card, source, arms, ceiling):
     print(f"\n### {mode} mode: {source}, {card}, batch 1\n")
-    print("TPOT in ms per token; speedups against the fastest PyTorch arm of the row (TPOT, and whole-request seconds).\n")
+    print("TPOT in ms per token; speedups against the fastest PyTorch arm of the row (TPOT, and whole-request seconds); "
+          f"floor: the parameters and the keys and values in use at the read ceiling ({ceiling:.2f} TB/s), "
+          "and each arm's share of it (floor / TPOT).\n")
     cf_arms = [a for a in arms if a.startswith("clusterfusion")]
     cols = [f"TPOT {LABELS[a]}" for a in arms] + ["fastest PyTorch"]
-    cols += [f"{LABELS[a]} speedup (TPOT / request)" for a in cf_arms] + ["spread (max-min)/median"]
+    cols += [f"{LABELS[a]} speedup (TPOT / request)" for a in cf_arms] + ["floor"]
+    cols += [f"{LABELS[a]} of floor" for a in arms] + ["spread (max-min)/median"]
     print("| Tokens | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|", flush=True)
 
@@ -259,6 +281,8 @@ def print_table_header(mode, card, source, arms):
 def print_table_row(r, arms):
     cells = [f"{r[a]['tpot_ms']:.2f}" for a in arms] + [LABELS[r["fastest_pytorch"]]]
     cells += [f"{r[a]['tpot_speedup']:.2f}x / {r[a]['speedup']:.2f}x" for a in arms if a.startswith("clusterfusion")]
+    cells.append(f"{r['floor_ms']:.2f}")
+    cells += [f"{100 * r['floor_ms'] / r[a]['tpot_ms']:.0f}%" for a in arms]
     cells.append(" / ".join(f"{r[a]['spread_pct']:.1f}%" for a in arms))
     print(f"| {r['tokens']} | " + " | ".join(cells) + " |", flush=True)
 
@@ -368,6 +392,8 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """The benchmark, on a CUDA GPU, with arguments checked."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks"))
+    from _timing import read_ceiling
     from clusterfusion.hf import patched
 
     dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
@@ -377,7 +403,9 @@ def run(args: argparse.Namespace) -> int:
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), device="cuda",
                            generator=torch.Generator("cuda").manual_seed(args.seed))
     longest = max(max(args.tokens), args.fidelity_steps)
-    print(f"{source}; {args.dtype}; {card}; torch {torch.__version__}; layer_plan {args.layer_plan}", flush=True)
+    ceiling, probes = read_ceiling(20)
+    print(f"{source}; {args.dtype}; {card}; read ceiling {ceiling:.2f} TB/s; torch {torch.__version__}; "
+          f"layer_plan {args.layer_plan}", flush=True)
     if args.layer_plan == "one_launch":
         print(f"layer kernel: {layer_kernel_summary(model)}", flush=True)
 
@@ -404,15 +432,17 @@ def run(args: argparse.Namespace) -> int:
 
     def save():
         with open(args.json, "w") as f:
-            json.dump(dict(card=card, source=source, dtype=args.dtype, fusions=args.fusions, layer_plan=args.layer_plan,
+            json.dump(dict(card=card, read_ceiling_tbs=ceiling, read_probes_tbs=probes, source=source, dtype=args.dtype,
+                           fusions=args.fusions, layer_plan=args.layer_plan,
                            torch=torch.__version__, results=results,
                            fidelity=fid, setup_seconds=setup), f, indent=1)
 
     def run_mode(mode, decoders, counts):
         results[mode] = []
-        print_table_header(mode, card, source, tuple(decoders))
+        print_table_header(mode, card, source, tuple(decoders), ceiling)
 
         def on_row(row):
+            row["floor_ms"] = floor_ms(model, args.prompt_len, row["tokens"], ceiling)
             results[mode].append(row)
             print_table_row(row, tuple(decoders))
             save()
