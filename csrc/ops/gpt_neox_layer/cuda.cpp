@@ -91,6 +91,11 @@ Setup plan_for_cluster_size(const DeviceModel& device, ScalarKind kind, const La
                             " that fit at once (the layer kernel does one head per cluster)");
         return s;
       }
+      // The producer loads a stage's rows as boxes of 128, 64, ..., 8 rows: every row count a multiple of 8.
+      for (const CtaWork& w : work) {
+        TORCH_INTERNAL_ASSERT((w.mlp_end - w.mlp_begin) % kBoxRows == 0 && (w.dense_end - w.dense_begin) % kBoxRows == 0,
+                              kOp, ": a layer plan with rows not in steps of ", kBoxRows);
+      }
       std::copy(work.begin(), work.end(), s.work.cta);
       return s;
     }
@@ -158,11 +163,19 @@ std::string fused_reason(const Args& a, const attention_block::Shape& shape) {
 }
 
 
-CUtensorMap weight_map(const at::Tensor& weight) {
-  return tiled_tensor_map({weight.data_ptr(), tma_dtype(scalar_kind(weight)), static_cast<uint64_t>(weight.size(1)),
-                           static_cast<uint64_t>(weight.size(0)),
-                           static_cast<uint64_t>(weight.stride(0) * weight.element_size()), kChunkK, kBoxRows,
-                           CU_TENSOR_MAP_SWIZZLE_128B});
+// One weight's boxes of `width` reduction elements (64, or a tail's 32 or 16) with the swizzle of its bytes.
+WeightMaps weight_maps(const at::Tensor& weight, int width = kChunkK) {
+  const CUtensorMapSwizzle swizzle = width == 64   ? CU_TENSOR_MAP_SWIZZLE_128B
+                                     : width == 32 ? CU_TENSOR_MAP_SWIZZLE_64B
+                                                   : CU_TENSOR_MAP_SWIZZLE_32B;
+  WeightMaps maps;
+  for (int i = 0; i < kBoxHeights; ++i) {
+    maps.box[i] = tiled_tensor_map({weight.data_ptr(), tma_dtype(scalar_kind(weight)),
+                                    static_cast<uint64_t>(weight.size(1)), static_cast<uint64_t>(weight.size(0)),
+                                    static_cast<uint64_t>(weight.stride(0) * weight.element_size()),
+                                    static_cast<uint32_t>(width), static_cast<uint32_t>(kTileRows >> i), swizzle});
+  }
+  return maps;
 }
 
 attention_block::Shape check_attention_args(const Args& a) {
@@ -234,8 +247,12 @@ at::Tensor gpt_neox_layer_cuda(const Args& a) {
   p.stages = setup.stages;
   p.mlp_capacity = setup.mlp_capacity;
   p.eps = static_cast<float>(a.eps);
-  const LayerMaps maps{weight_map(a.qkv_weight), weight_map(a.dense_weight), weight_map(a.up_weight),
-                       weight_map(a.down_weight)};
+  const LayerMaps maps{weight_maps(a.qkv_weight),
+                       weight_maps(a.dense_weight),
+                       weight_maps(a.up_weight),
+                       weight_maps(a.down_weight),
+                       {weight_maps(a.dense_weight, kTailWidths[0]), weight_maps(a.dense_weight, kTailWidths[1])},
+                       {weight_maps(a.down_weight, kTailWidths[0]), weight_maps(a.down_weight, kTailWidths[1])}};
   C10_CUDA_CHECK(launch_layer(kind, static_cast<int>(shape.head_dim), maps, p, setup.work, setup.cluster_size,
                               setup.smem_bytes, at::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -5,22 +5,23 @@
 //
 //  * Producer (warp 0, one lane): TMA copies of the CTA's weight tiles, in the
 //    order the consumers use them, into a StageRing: the head's q, k, v rows over
-//    the rank's share of the reduction, the MLP slice's up rows, its down
-//    columns, the head's dense columns for the rank's outputs. Weights do not
-//    depend on activations, so the ring stays full across every wait below.
+//    the rank's share of the reduction, the head's dense columns for the rank's
+//    outputs, the MLP slice's up rows, its down columns. Weights do not depend on
+//    activations, so the ring stays full across every wait below: the MLP's tiles
+//    stream while the head attends.
 //  * Consumers (warps 1..): both LayerNorms (the norm row stage), then the GEMV
 //    tiles on the tensor cores with the input from shared memory:
 //    - q, k, v partials go to every rank of the cluster (st.async);
-//    - the slice's GELU(up) stays in shared memory and feeds its down columns,
-//      a partial sum of every output;
 //    - the head: the ranks' q, k, v partials summed in rank order, the rotary
 //      embedding, the KV append (one rank), attention over the positions in
 //      passes dealt to the ranks round robin (the attention worker stage), the
 //      running softmaxes exchanged and merged in rank order, then the dense
-//      columns for this rank's outputs, added to the partial sum.
+//      columns for this rank's outputs, the start of its partial sum;
+//    - the slice's GELU(up) stays in shared memory and feeds its down columns,
+//      added to the partial sum of every output.
 //  * The sum: every CTA publishes its partial sum and counts itself in (the one
 //    wait across clusters, device/counter.cuh); then each CTA adds up its range
-//    of outputs: x + biases + every CTA's partial, in CTA order.
+//    of outputs: x + biases + every CTA's partial, in a fixed order.
 // Every sum runs in a fixed order: bitwise reproducible. No torch headers.
 #pragma once
 
@@ -49,29 +50,64 @@ static_assert(kMaxHidden == 8 * stages::kNormVectorsPerThread * Consumers::kThre
 using device::from_float;
 using device::to_float;
 
-// Rows [row_begin, row_begin + rows) of a weight over `chunks` reduction chunks from `k_begin`.
+static_assert((kTileRows >> (kBoxHeights - 1)) == kBoxRows, "the smallest box is the row step");
+
+// Rows [row_begin, row_begin + rows) of a weight over the reduction range
+// [k_begin, k_begin + k_size). Its chunks are 64 wide; with `tails` (the 32- and
+// 16-wide maps), the last k_size % 64 elements, rounded up to 16, are one or two
+// narrower chunks instead of a whole one.
 struct WeightItem {
-  const CUtensorMap* map;
+  const WeightMaps* maps;
+  const WeightMaps* tails;  // [2] or null
   int row_begin;
   int rows;
   int k_begin;
-  int chunks;
+  int k_size;
 };
+
+// One chunk: its offset in the item's reduction range and its width in bytes per row.
+struct Chunk {
+  int k;
+  int span;
+};
+
+// Elements of the last, partial chunk: none when k_size is whole 64s; with tails,
+// the rest rounded up to 16 (16, 32, 48 or 64); without, a whole chunk.
+__device__ __forceinline__ int tail_elements(const WeightItem& item) {
+  const int rest = item.k_size % kChunkK;
+  if (rest == 0) return 0;
+  return item.tails == nullptr ? kChunkK : (rest + 15) / 16 * 16;
+}
+
+__device__ __forceinline__ int chunk_count(const WeightItem& item) {
+  const int tail = tail_elements(item);
+  return item.k_size / kChunkK + (tail == 0 ? 0 : tail == 48 ? 2 : 1);
+}
+
+// Chunk i: whole ones, then the tail as one chunk of 64, 32 or 16, or as 32 + 16.
+__device__ __forceinline__ Chunk chunk_at(const WeightItem& item, int i) {
+  const int whole = item.k_size / kChunkK;
+  if (i < whole) return {i * kChunkK, 128};
+  const int tail = tail_elements(item);
+  if (tail == 48) return i == whole ? Chunk{whole * kChunkK, 64} : Chunk{whole * kChunkK + 32, 32};
+  return {whole * kChunkK, 2 * tail};
+}
+
+__device__ __forceinline__ const WeightMaps& maps_for(const WeightItem& item, int span) {
+  return span == 128 ? *item.maps : item.tails[span == 64 ? 0 : 1];
+}
 
 // The tiles of an item in the order both sides walk them: row tiles of at most
 // kTileRows, each over every chunk. on_chunk(row_tile, rows, chunk) for each
 // stage; on_row_tile(row_tile, rows) after a row tile's last chunk.
 template <typename OnChunk, typename OnRowTile>
 __device__ __forceinline__ void walk(const WeightItem& item, OnChunk&& on_chunk, OnRowTile&& on_row_tile) {
+  const int chunks = chunk_count(item);
   for (int row_tile = 0; row_tile < item.rows; row_tile += kTileRows) {
     const int rows = min(kTileRows, item.rows - row_tile);
-    for (int chunk = 0; chunk < item.chunks; ++chunk) on_chunk(row_tile, rows, chunk);
+    for (int i = 0; i < chunks; ++i) on_chunk(row_tile, rows, chunk_at(item, i));
     on_row_tile(row_tile, rows);
   }
-}
-
-__device__ __forceinline__ uint32_t tile_bytes(int rows) {
-  return static_cast<uint32_t>((rows + kBoxRows - 1) / kBoxRows) * kBoxRows * 128;
 }
 
 __device__ void produce(const device::StageRing& ring, const WeightItem (&items)[4]) {
@@ -80,12 +116,17 @@ __device__ void produce(const device::StageRing& ring, const WeightItem (&items)
   for (const WeightItem& item : items) {
     walk(
         item,
-        [&](int row_tile, int rows, int chunk) {
-          ring.acquire(put, tile_bytes(rows));
-          for (int box = 0; box * kBoxRows < rows; ++box) {
-            device::tma_load_2d(ring.stage(put) + box * kBoxRows * 128, item.map, ring.full_barrier(put),
-                                item.k_begin + chunk * kChunkK, item.row_begin + row_tile + box * kBoxRows,
-                                stream_once);
+        [&](int row_tile, int rows, Chunk chunk) {
+          // rows: a multiple of kBoxRows, at most kTileRows.
+          ring.acquire(put, static_cast<uint32_t>(rows * chunk.span));
+          const WeightMaps& maps = maps_for(item, chunk.span);
+          int loaded = 0;
+          for (int i = 0; i < kBoxHeights; ++i) {
+            const int height = kTileRows >> i;
+            if (rows - loaded < height) continue;
+            device::tma_load_2d(ring.stage(put) + loaded * chunk.span, &maps.box[i], ring.full_barrier(put),
+                                item.k_begin + chunk.k, item.row_begin + row_tile + loaded, stream_once);
+            loaded += height;
           }
           put.advance();
         },
@@ -103,18 +144,19 @@ class ConsumerGemv {
       : ring_(ring), gemv_(consumer_warp * Warp::kOutputs, lane), first_row_(consumer_warp * Warp::kOutputs),
         lane_(lane), at_(ring.start()) {}
 
-  // y[r] = W[item.row_begin + r, k range] . input[0, chunks * 64) for every row r of
-  // the item; emit(r, y) once per row, from one lane of the warp that holds it.
+  // y[r] = W[item.row_begin + r, k range] . input[0, k_size) for every row r of the
+  // item (input zero up to k_size rounded up to 64); emit(r, y) once per row, from
+  // one lane of the warp that holds it.
   template <typename Emit>
   __device__ void run(const WeightItem& item, const T* input, Emit&& emit) {
     typename Warp::Accumulators acc = {};
     walk(
         item,
-        [&](int, int rows, int chunk) {
+        [&](int, int rows, Chunk chunk) {
           ring_.wait_full(at_);
           if (first_row_ < rows) {
             typename Warp::Fragments fragments;
-            gemv_.load_one_token(device::smem_address(ring_.stage(at_)), input + chunk * kChunkK, fragments);
+            gemv_.load_one_token(device::smem_address(ring_.stage(at_)), input + chunk.k, fragments, chunk.span);
             __syncwarp();
             if (lane_ == 0) ring_.release(at_);
             gemv_.accumulate(fragments, acc);
@@ -167,6 +209,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kPartialFloats = kHeadDim + 2;
   __shared__ stages::WorkerSmem<T, kHeadDim, kPass> worker;
   __shared__ float reduce[kConsumerWarps + 1];
+  __shared__ float warp_sums[kConsumerWarps][32];
 
   const cg::cluster_group cluster = cg::this_cluster();
   const int rank = static_cast<int>(cluster.block_rank());
@@ -187,11 +230,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* attention_barrier = reinterpret_cast<uint64_t*>(smem + layout.attention_barrier);
 
   const WeightItem items[4] = {
-      {&maps.qkv, kQkvRows * w.head, has_head ? kQkvRows : 0, w.qkv_begin, (w.qkv_end - w.qkv_begin) / kChunkK},
-      {&maps.up, w.mlp_begin, mlp_rows, 0, p.hidden / kChunkK},
-      {&maps.down, 0, mlp_rows > 0 ? p.hidden : 0, w.mlp_begin, (mlp_rows + kChunkK - 1) / kChunkK},
-      {&maps.dense, w.dense_begin, has_head ? w.dense_end - w.dense_begin : 0, kHeadDim * w.head,
-       (kHeadDim + kChunkK - 1) / kChunkK},
+      {&maps.qkv, nullptr, kQkvRows * w.head, has_head ? kQkvRows : 0, w.qkv_begin, w.qkv_end - w.qkv_begin},
+      {&maps.dense, maps.dense_tails, w.dense_begin, has_head ? w.dense_end - w.dense_begin : 0, kHeadDim * w.head,
+       kHeadDim},
+      {&maps.up, nullptr, w.mlp_begin, mlp_rows, 0, p.hidden},
+      {&maps.down, maps.down_tails, 0, mlp_rows > 0 ? p.hidden : 0, w.mlp_begin, mlp_rows},
   };
 
   if (threadIdx.x == 0) {
@@ -202,10 +245,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_init(attention_barrier, 1);
     mbarrier_arrive_expect_tx(attention_barrier, has_head ? cluster_size * kPartialFloats * 4 : 0);
     fence_mbarrier_init();
-    prefetch_tensor_map(&maps.qkv);
-    prefetch_tensor_map(&maps.up);
-    prefetch_tensor_map(&maps.down);
-    prefetch_tensor_map(&maps.dense);
+    for (const WeightMaps* weight : {&maps.qkv, &maps.up, &maps.down, &maps.dense, &maps.dense_tails[0],
+                                     &maps.dense_tails[1], &maps.down_tails[0], &maps.down_tails[1]}) {
+      for (const CUtensorMap& box : weight->box) prefetch_tensor_map(&box);
+    }
   }
   __syncthreads();
   cluster_arrive_relaxed();  // waited on before the first store into a peer
@@ -248,14 +291,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   gemv.run(items[0], ln1 + w.qkv_begin, [&](int row, float value) {
     send_to_cluster(qkv_slots, rank * kQkvRows + row, value, qkv_barrier, cluster_size);
   });
-  const T* up_bias = static_cast<const T*>(p.up_bias);
-  gemv.run(items[1], ln2, [&](int row, float value) {
-    const float bias = up_bias != nullptr ? to_float(up_bias[w.mlp_begin + row]) : 0.f;
-    mlp_input[row] = from_float<T>(gemv::activate<gemv::Activation::kExactGelu>(value + bias));
-  });
-  Consumers::sync();  // the slice's GELU(up) is complete
-  gemv.run(items[2], mlp_input, [&](int row, float value) { partial[row] += value; });
-
   if (has_head) {
     mbarrier_wait(qkv_barrier, 0);
     const T* qkv_bias = static_cast<const T*>(p.qkv_bias);
@@ -295,9 +330,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     stages::merge_partials<T, kHeadDim, Consumers>(
         [&](int r) { return attention_slots + r * kPartialFloats; }, used, [](const float* f) { return *f; },
         attention_output);
-    Consumers::sync();  // the attention output is complete; the down columns' partial sums are in
-    gemv.run(items[3], attention_output, [&](int row, float value) { partial[w.dense_begin + row] += value; });
+    Consumers::sync();  // the attention output is complete
+    gemv.run(items[1], attention_output, [&](int row, float value) { partial[w.dense_begin + row] += value; });
+    Consumers::sync();  // the dense columns' partial sums are in
   }
+  const T* up_bias = static_cast<const T*>(p.up_bias);
+  gemv.run(items[2], ln2, [&](int row, float value) {
+    const float bias = up_bias != nullptr ? to_float(up_bias[w.mlp_begin + row]) : 0.f;
+    mlp_input[row] = from_float<T>(gemv::activate<gemv::Activation::kExactGelu>(value + bias));
+  });
+  Consumers::sync();  // the slice's GELU(up) is complete
+  gemv.run(items[3], mlp_input, [&](int row, float value) { partial[row] += value; });
+
   Consumers::sync();
 
   // The sum: publish this CTA's partial, wait for every CTA's, add up this CTA's outputs.
@@ -313,18 +357,30 @@ __global__ void __launch_bounds__(kThreads, 1)
     __threadfence();
   }
   Consumers::sync();
+  // Lanes take consecutive outputs (each CTA's row of partials is read coalesced), warps
+  // take every kConsumerWarps-th CTA; the warps' sums meet in warp order.
   const T* dense_bias = static_cast<const T*>(p.dense_bias);
   const T* down_bias = static_cast<const T*>(p.down_bias);
-  for (int i = w.sum_begin + (warp - 1); i < w.sum_end; i += kConsumerWarps) {
+  for (int first = w.sum_begin; first < w.sum_end; first += 32) {
+    const int i = first + lane;
     float sum = 0.f;
-    for (int c = lane; c < p.ctas; c += 32) sum += __ldcg(p.partials + static_cast<size_t>(c) * p.hidden + i);
-    sum = warp_sum(sum);
-    if (lane == 0) {
+    if (i < w.sum_end) {
+#pragma unroll 8
+      for (int c = warp - 1; c < p.ctas; c += kConsumerWarps) {
+        sum += __ldcg(p.partials + static_cast<size_t>(c) * p.hidden + i);
+      }
+    }
+    warp_sums[warp - 1][lane] = sum;
+    Consumers::sync();
+    if (warp == 1 && i < w.sum_end) {
       float total = to_float(x[i]);
       if (dense_bias != nullptr) total += to_float(dense_bias[i]);
       if (down_bias != nullptr) total += to_float(down_bias[i]);
-      static_cast<T*>(p.out)[i] = from_float<T>(total + sum);
+      float partials_sum = 0.f;
+      for (int g = 0; g < kConsumerWarps; ++g) partials_sum += warp_sums[g][lane];
+      static_cast<T*>(p.out)[i] = from_float<T>(total + partials_sum);
     }
+    Consumers::sync();
   }
   Consumers::sync();
   if (thread == 0) counter.leave();

@@ -33,12 +33,26 @@ struct WorkTable {
   CtaWork cta[kMaxCtas];
 };
 
-// TMA descriptors of the four weights: boxes of 64 reduction elements x 8 rows, 128-byte swizzle.
+// TMA descriptors of one weight for one chunk width: boxes of `width` reduction
+// elements x kTileRows >> i rows (128, 64, 32, 16, 8), with the swizzle of the
+// width's bytes. A stage of r rows (a multiple of 8) is loaded as r's binary
+// decomposition: one copy for a whole tile, at most five.
+constexpr int kBoxHeights = 5;
+struct WeightMaps {
+  CUtensorMap box[kBoxHeights];
+};
+
+// The chunk widths: 64 reduction elements (128-byte rows), and for the reduction's
+// last chunk of the dense and down weights, whose slices need not be whole 64s,
+// 32 and 16 (tails[0], tails[1]), so no stage streams columns that only multiply zeros.
+constexpr int kTailWidths[2] = {32, 16};
 struct LayerMaps {
-  CUtensorMap qkv;
-  CUtensorMap dense;
-  CUtensorMap up;
-  CUtensorMap down;
+  WeightMaps qkv;
+  WeightMaps dense;
+  WeightMaps up;
+  WeightMaps down;
+  WeightMaps dense_tails[2];
+  WeightMaps down_tails[2];
 };
 
 // Element pointers are of the op's element type T (fp16 or bf16) and 16-byte aligned;
@@ -71,7 +85,7 @@ struct LayerParams {
 constexpr int kConsumerWarps = 8;
 constexpr int kTileRows = 16 * kConsumerWarps;  // weight rows per stage: 16 per consumer warp
 constexpr int kThreads = 32 * (1 + kConsumerWarps);
-constexpr int kBoxRows = 8;                     // rows per TMA box
+constexpr int kBoxRows = 8;                     // rows of the smallest TMA box (the step of every row count)
 constexpr int kChunkK = 64;                     // reduction elements per stage
 constexpr int kStageBytes = kTileRows * 128;
 constexpr int kMinStages = 2;

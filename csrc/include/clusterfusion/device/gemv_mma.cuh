@@ -98,16 +98,24 @@ class SwizzledGemvWarp {
   }
 
   // As load, for one token whose input is a plain shared-memory vector (the
-  // chunk's 64 elements from `input`, 4-byte aligned) instead of a swizzled
+  // chunk's elements from `input`, 4-byte aligned) instead of a swizzled
   // tile: lanes 0..3 hold token 0's column of B, the other columns are zero.
-  __device__ void load_one_token(uint32_t weight_tile, const T* input, Fragments& f) const {
+  // A chunk may be narrower than 64: `span` bytes per weight row (32, 64 or
+  // 128, with the matching swizzle); the k-steps past it are zero.
+  __device__ void load_one_token(uint32_t weight_tile, const T* input, Fragments& f, int span = 128) const {
     static_assert(kMTiles == 1, "one token fills one token tile");
 #pragma unroll
     for (int step = 0; step < kSteps; ++step) {
-      ldmatrix_x4(f.a[step], weight_tile + swizzle_128b(a_row_, 2 * step + a_half_));
-      const uint32_t* pairs = reinterpret_cast<const uint32_t*>(input + 16 * step);
-      f.b[step][0][0] = lane_ < 4 ? pairs[lane_] : 0u;
-      f.b[step][0][1] = lane_ < 4 ? pairs[lane_ + 4] : 0u;
+      if (32 * step < span) {
+        ldmatrix_x4(f.a[step], weight_tile + swizzle_span(a_row_, 2 * step + a_half_, span));
+        const uint32_t* pairs = reinterpret_cast<const uint32_t*>(input + 16 * step);
+        f.b[step][0][0] = lane_ < 4 ? pairs[lane_] : 0u;
+        f.b[step][0][1] = lane_ < 4 ? pairs[lane_ + 4] : 0u;
+      } else {
+        for (uint32_t& a : f.a[step]) a = 0u;
+        f.b[step][0][0] = 0u;
+        f.b[step][0][1] = 0u;
+      }
     }
   }
 

@@ -39,10 +39,15 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, u
       : "memory");
 }
 
-// Byte offset of the 16-byte chunk `chunk` (0..7) of row `row` in a tile written
-// by TMA with CU_TENSOR_MAP_SWIZZLE_128B (128-byte rows, 1024-byte aligned tile).
-__device__ __forceinline__ uint32_t swizzle_128b(int row, int chunk) {
-  return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
+// Byte offset of the 16-byte chunk `chunk` of row `row` in a tile of `span`-byte
+// rows (32, 64 or 128) written by TMA with the swizzle of that span
+// (CU_TENSOR_MAP_SWIZZLE_32B, _64B, _128B; the tile aligned to 8 * span bytes): the
+// chunk index is XORed with the row offset's bits from bit 7 up.
+__device__ __forceinline__ uint32_t swizzle_span(int row, int chunk, int span) {
+  return static_cast<uint32_t>(row * span + ((chunk ^ ((row * span >> 7) & (span / 16 - 1))) << 4));
 }
+
+// The 128-byte case (1024-byte aligned tile).
+__device__ __forceinline__ uint32_t swizzle_128b(int row, int chunk) { return swizzle_span(row, chunk, 128); }
 
 }  // namespace clusterfusion::device
