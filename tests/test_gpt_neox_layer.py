@@ -217,6 +217,24 @@ def test_one_launch_matches_the_float64_layer(name, dtype, position, biases):
     check(inputs, out, reference, position)
 
 
+# The largest GPT-NeoX shapes: a 132-SM H100 runs them in clusters of 2, one head per cluster.
+LARGE_SHAPES = {"12b": (5120, 40, 20480, 32), "20b": (6144, 64, 24576, 24)}  # hidden, heads, ffn, rotary_dims
+
+
+@gpu
+@pytest.mark.parametrize("name", list(LARGE_SHAPES))
+def test_one_launch_serves_the_largest_shapes_where_the_card_holds_their_heads(name):
+    position = 1100
+    inputs = make_layer(position, torch.float16, "cuda", shape=LARGE_SHAPES[name], max_len=1200)
+    try:
+        plan = clusterfusion.gpt_neox_layer_plan(inputs["qkv_weight"], inputs["up_weight"], LARGE_SHAPES[name][1])
+        assert plan["ctas"] // plan["cluster_size"] >= LARGE_SHAPES[name][1]
+    except ValueError as error:  # a card that holds fewer clusters than heads: the op runs the blocks
+        assert "heads on the" in str(error) or "no residency" in str(error), error
+    reference = expected(inputs)
+    check(inputs, call_poisoned(lambda **kw: one_launch(kw), inputs), reference, position)
+
+
 @gpu
 @pytest.mark.parametrize("kind, padding", [("bool", 0), ("bool", 700), ("additive", 3), ("float32", 0)])
 def test_one_launch_masks(kind, padding):

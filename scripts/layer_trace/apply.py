@@ -3,11 +3,11 @@ python3 apply.py COPY_ROOT. With CF_TRACE set, every CTA of the layer kernel wri
 %globaltimer stamps (ns) at its phase boundaries into a [ctas, 16] int64 tensor that
 _C._layer_trace() returns (the last launch's):
 
-  consumer warps (thread 0): 0 start, 1 both LayerNorms done and the cluster started,
-  2 QKV tiles done (partials sent), 3 GELU(up) done, 4 down tiles done, 5 the ranks'
-  q, k, v partials in, 6 attention merged, 7 dense tiles done, 8 partial sum
-  published, 9 every CTA's partial in (the counter), 10 outputs written;
-  producer: 14 start, 15 last weight tile issued.
+  consumer warps (thread 0), in the kernel's order: 0 start, 1 both LayerNorms done
+  and the cluster started, 2 QKV tiles done (partials sent), 5 the ranks' q, k, v
+  partials in, 6 attention merged, 7 dense tiles done, 3 GELU(up) done, 4 down tiles
+  done, 8 partial sum published, 9 every CTA's partial in (the counter), 10 outputs
+  written; producer: 14 start, 15 last weight tile issued.
 """
 import pathlib
 import sys
@@ -41,13 +41,13 @@ edit(K, "    send_to_cluster(qkv_slots, rank * kQkvRows + row, value, qkv_barrie
      "    send_to_cluster(qkv_slots, rank * kQkvRows + row, value, qkv_barrier, cluster_size);\n  });\n  mark(2);\n")
 edit(K, "  Consumers::sync();  // the slice's GELU(up) is complete\n",
      "  Consumers::sync();  // the slice's GELU(up) is complete\n  mark(3);\n")
-edit(K, "  gemv.run(items[2], mlp_input, [&](int row, float value) { partial[row] += value; });\n",
-     "  gemv.run(items[2], mlp_input, [&](int row, float value) { partial[row] += value; });\n  mark(4);\n")
+edit(K, "  gemv.run(items[3], mlp_input, [&](int row, float value) { partial[row] += value; });\n",
+     "  gemv.run(items[3], mlp_input, [&](int row, float value) { partial[row] += value; });\n  mark(4);\n")
 edit(K, "    mbarrier_wait(qkv_barrier, 0);\n", "    mbarrier_wait(qkv_barrier, 0);\n    mark(5);\n")
-edit(K, "    Consumers::sync();  // the attention output is complete; the down columns' partial sums are in\n",
-     "    Consumers::sync();  // the attention output is complete; the down columns' partial sums are in\n    mark(6);\n")
-edit(K, "    gemv.run(items[3], attention_output, [&](int row, float value) { partial[w.dense_begin + row] += value; });\n",
-     "    gemv.run(items[3], attention_output, [&](int row, float value) { partial[w.dense_begin + row] += value; });\n    mark(7);\n")
+edit(K, "    Consumers::sync();  // the attention output is complete\n",
+     "    Consumers::sync();  // the attention output is complete\n    mark(6);\n")
+edit(K, "    Consumers::sync();  // the dense columns' partial sums are in\n",
+     "    Consumers::sync();  // the dense columns' partial sums are in\n    mark(7);\n")
 edit(K, "  const GridCounter counter(", "  mark(8);\n  const GridCounter counter(")
 edit(K, "    counter.wait_all();\n", "    counter.wait_all();\n    stamp(9);\n")
 edit(K, "  if (thread == 0) counter.leave();", "  if (thread == 0) {\n    counter.leave();\n    stamp(10);\n  }")

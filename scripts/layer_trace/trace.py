@@ -14,8 +14,8 @@ import clusterfusion
 from clusterfusion import _C
 
 SHAPES = {"2.8b": (2560, 32, 10240, 20), "6.9b": (4096, 32, 16384, 32)}
-PHASES = {0: "consumers start", 1: "LayerNorms, cluster up", 2: "QKV tiles", 3: "GELU(up)", 4: "down tiles",
-          5: "q, k, v partials in", 6: "attention merged", 7: "dense tiles", 8: "partial published",
+PHASES = {0: "consumers start", 1: "LayerNorms, cluster up", 2: "QKV tiles", 5: "q, k, v partials in",
+          6: "attention merged", 7: "dense tiles", 3: "GELU(up)", 4: "down tiles", 8: "partial published",
           9: "every partial in", 10: "outputs written", 14: "producer start", 15: "last tile issued"}
 LAYERS, MAX_LEN = 8, 2048
 
