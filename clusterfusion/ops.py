@@ -427,7 +427,7 @@ def gpt_neox_layer(
     :func:`gpt_neox_layer_plan`): the blocks' semantics in one launch, except that the
     attention output and the MLP output are not rounded separately (``hidden_states``
     and both branches are summed in fp32 and rounded once). ``"auto"`` (the default)
-    picks the faster, today the blocks: the layer kernel's first version is slower
+    picks the faster, today the blocks: the layer kernel is still slower
     (docs/history.md). The CPU, other shapes, a pinned ``attention_plan`` or
     ``block_plan``, and any call that needs a gradient run the blocks whatever the plan.
     Arguments are the attention block's (its LayerNorm as ``attn_ln_weight``,
