@@ -18,17 +18,19 @@ MLP_FUSIONS = ("mlp_block_residual", "mlp_down_residual")
 FUSION_ALIASES = {"mlp_block": "mlp_block_residual", "mlp_down": "mlp_down_residual"}
 
 
-def parse_fusions(fusions, caller: str) -> tuple[str, ...]:
+def parse_fusions(fusions, caller: str, none_allowed: bool = True) -> tuple[str, ...]:
     """``None`` (none), ``"auto"`` (all) or a name or selection of :data:`FUSIONS`,
     as their names in :data:`FUSIONS`, most fused first. The former names in
     :data:`FUSION_ALIASES` (``"mlp_block"``, ``"mlp_down"``) are accepted for the
-    fusions they name."""
-    if fusions is None:
+    fusions they name. ``none_allowed=False``: ``None`` is rejected (a caller that needs
+    at least one fusion)."""
+    if fusions is None and none_allowed:
         return ()
     if isinstance(fusions, str) and fusions == "auto":
         return FUSIONS
     names = (fusions,) if isinstance(fusions, str) else tuple(fusions) if isinstance(fusions, (tuple, list)) else None
     if not names or any(not isinstance(f, str) or FUSION_ALIASES.get(f, f) not in FUSIONS for f in names):
-        raise ValueError(f"{caller}: argument 'fusions' must be None, \"auto\" or a selection of {FUSIONS}; got {fusions!r}")
+        allowed = "None, \"auto\"" if none_allowed else "\"auto\""
+        raise ValueError(f"{caller}: argument 'fusions' must be {allowed} or a selection of {FUSIONS}; got {fusions!r}")
     chosen = {FUSION_ALIASES.get(f, f) for f in names}
     return tuple(f for f in FUSIONS if f in chosen)

@@ -221,7 +221,15 @@ class Decoder:
                 f"{name}: argument 'input_ids' holds token {low if low < 0 else high}; expected ids in [0, {vocab}) "
                 "(the model's vocab_size)"
             )
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        def is_int(value):
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def is_number(value):
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        if not is_int(max_new_tokens):
+            raise TypeError(f"{name}: argument 'max_new_tokens' must be an int; got {max_new_tokens!r}")
+        if max_new_tokens < 1:
             raise ValueError(f"{name}: argument 'max_new_tokens' must be an int >= 1; got {max_new_tokens!r}")
         if prompt.shape[1] + max_new_tokens > self.max_length:
             raise ValueError(
@@ -229,9 +237,13 @@ class Decoder:
                 f"max_length={self.max_length}; make the Decoder with a larger max_length"
             )
         if do_sample:
+            for arg, value, kind in (("temperature", temperature, "a number"), ("top_k", top_k, "an int"),
+                                     ("top_p", top_p, "a number")):
+                if not (is_int(value) if arg == "top_k" else is_number(value)):
+                    raise TypeError(f"{name}: argument '{arg}' must be {kind}; got {value!r}")
             if not temperature > 0:
                 raise ValueError(f"{name}: argument 'temperature' must be > 0; got {temperature!r}")
-            if not isinstance(top_k, int) or top_k < 0:
+            if top_k < 0:
                 raise ValueError(f"{name}: argument 'top_k' must be an int >= 0 (0: off); got {top_k!r}")
             if not 0 < top_p <= 1:
                 raise ValueError(f"{name}: argument 'top_p' must be in (0, 1]; got {top_p!r}")

@@ -353,8 +353,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     except (ValueError, TypeError) as error:
         raise CommandError(_one_line(error)) from error
 
-    generation = generate_text(decoder, tokenizer, prompt_ids, args.max_new_tokens, sampling, eos_token_id,
-                               out=sys.stdout)
+    try:
+        generation = generate_text(decoder, tokenizer, prompt_ids, args.max_new_tokens, sampling, eos_token_id,
+                                   out=sys.stdout)
+    except RuntimeError as error:  # e.g. logits the sampler cannot draw from
+        raise CommandError(_one_line(error)) from error
     print(flush=True)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     mode = f"sampling, seed {sampling.seed}" if sampling.do_sample else "greedy"

@@ -230,3 +230,19 @@ def test_device_cuda_without_a_gpu_is_a_usage_error(checkpoint, capsys, monkeypa
     folder, _, _ = checkpoint
     status, _, err = _run(capsys, "--model", folder, "--prompt", PROMPT, "--device", "cuda")
     assert status == 2 and "--device cuda: no CUDA GPU is available" in err
+
+
+def test_a_failure_while_generating_is_one_line(checkpoint, capsys, monkeypatch):
+    """A RuntimeError from the decode loop (e.g. logits the sampler cannot draw from): status 1, no traceback."""
+    import clusterfusion.generate as command
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("clusterfusion.Decoder: step 3's logits hold no finite value\nsecond line")
+
+    monkeypatch.setattr(command, "generate_text", fail)
+    folder, _, _ = checkpoint
+    status, out, err = _run(capsys, "--model", str(folder), "--prompt", PROMPT)
+    assert status == 1, err
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("python -m clusterfusion.generate: error: ") and "no finite value second line" in last_line
+    assert "Traceback" not in err

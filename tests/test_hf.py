@@ -86,6 +86,12 @@ def test_bad_fusions(fusions):
         patch_model(_model(), fusions=fusions)
 
 
+def test_patch_model_needs_a_fusion():
+    """None is the Decoder's "no fusion"; patch_model has nothing to do with it, and says what it takes."""
+    with pytest.raises(ValueError, match=r"patch_model: argument 'fusions' must be \"auto\" or a selection of .*got None"):
+        patch_model(_model(), fusions=None)
+
+
 @pytest.mark.parametrize("former, fusion", [("mlp_block", "mlp_block_residual"), ("mlp_down", "mlp_down_residual")])
 def test_former_fusion_names_stand_for_the_fusion_they_named(former, fusion):
     assert parse_fusions(former, "test") == (fusion,)

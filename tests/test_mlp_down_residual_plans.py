@@ -11,6 +11,8 @@ left without reduction work.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -95,11 +97,12 @@ def test_plan_query_needs_a_cuda_weight():
 
 
 @pytest.mark.parametrize(
-    "plan", ["9:2", "8:9", "8:2:1", "8:2:33", "264:1", "abc", "8", "8:2:4:1", "8:2:4x"]
+    "plan", ["9:2", "8:9", "8:2:1", "8:2:33", "264:1", "abc", "8", "8:2:4:1", "8:2:4x", "184:8x", "184:8 junk",
+             "184:8:", " 184:8", "+184:8"]
 )
 def test_malformed_plan_is_a_value_error(plan):
     inputs = make_mlp_down_inputs(2, 64, 128, torch.float32, "cpu")
-    grammar = rf"argument 'plan' must be \"auto\" or \"BLOCK_N:CLUSTER\[:STAGES\]\".*got \"{plan}\""
+    grammar = rf"argument 'plan' must be \"auto\" or \"BLOCK_N:CLUSTER\[:STAGES\]\".*got \"{re.escape(plan)}\""
     with pytest.raises(ValueError, match=grammar):
         clusterfusion.mlp_down_residual(**inputs, plan=plan)
     with pytest.raises(ValueError, match="clusterfusion.tuning: " + grammar):  # where the pin is set

@@ -116,9 +116,7 @@ def patch_model(model: torch.nn.Module, fusions="auto") -> PatchReport:
         RuntimeError: the installed transformers changed GPTNeoXLayer.forward, or (for
             ``attention_block``) GPTNeoXAttention.forward or its static cache layer.
     """
-    chosen = parse_fusions(fusions, "clusterfusion.hf.patch_model")
-    if not chosen:
-        raise ValueError("clusterfusion.hf.patch_model: argument 'fusions' must name at least one fusion; got None")
+    chosen = parse_fusions(fusions, "clusterfusion.hf.patch_model", none_allowed=False)
     compat.check_gpt_neox(chosen)
     by_fusion: dict[str, list[int]] = {f: [] for f in chosen}
     skipped: dict[tuple[str, str], list[int]] = {}

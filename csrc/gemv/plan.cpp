@@ -169,9 +169,11 @@ bool PlanOverride::operator<(const PlanOverride& o) const {
 PlanOverride parse_plan(const char* op, const std::string& text, const char* arg) {
   PlanOverride o;
   if (text.empty() || text == "auto") return o;
+  // Digits and colons only, no colon last: sscanf alone would stop at trailing text ("184:8x").
+  const bool plain = text.find_first_not_of("0123456789:") == std::string::npos && text.back() != ':';
   char tail = 0;
   const int fields = std::sscanf(text.c_str(), "%d:%d:%d%c", &o.block_n, &o.cluster, &o.stages, &tail);
-  const bool ok = (fields == 2 || fields == 3) && o.block_n % Tile::kBlockNStep == 0 &&
+  const bool ok = plain && (fields == 2 || fields == 3) && o.block_n % Tile::kBlockNStep == 0 &&
                   o.block_n >= Tile::kMinBlockN && o.block_n <= Tile::kMaxBlockN && o.cluster >= 1 &&
                   o.cluster <= Tile::kMaxClusterSize &&
                   (fields == 2 || (o.stages >= Tile::kMinStages && o.stages <= Tile::kMaxStages));
