@@ -68,6 +68,14 @@ class _Request(NamedTuple):
     generator: torch.Generator | None = None
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class Decoder:
     """Fast batch-1 generation for a HuggingFace GPT-NeoX causal LM.
 
@@ -221,13 +229,7 @@ class Decoder:
                 f"{name}: argument 'input_ids' holds token {low if low < 0 else high}; expected ids in [0, {vocab}) "
                 "(the model's vocab_size)"
             )
-        def is_int(value):
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        def is_number(value):
-            return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-        if not is_int(max_new_tokens):
+        if not _is_int(max_new_tokens):
             raise TypeError(f"{name}: argument 'max_new_tokens' must be an int; got {max_new_tokens!r}")
         if max_new_tokens < 1:
             raise ValueError(f"{name}: argument 'max_new_tokens' must be an int >= 1; got {max_new_tokens!r}")
@@ -237,9 +239,9 @@ class Decoder:
                 f"max_length={self.max_length}; make the Decoder with a larger max_length"
             )
         if do_sample:
-            for arg, value, kind in (("temperature", temperature, "a number"), ("top_k", top_k, "an int"),
-                                     ("top_p", top_p, "a number")):
-                if not (is_int(value) if arg == "top_k" else is_number(value)):
+            for arg, value, fits, kind in (("temperature", temperature, _is_number, "a number"),
+                                           ("top_k", top_k, _is_int, "an int"), ("top_p", top_p, _is_number, "a number")):
+                if not fits(value):
                     raise TypeError(f"{name}: argument '{arg}' must be {kind}; got {value!r}")
             if not temperature > 0:
                 raise ValueError(f"{name}: argument 'temperature' must be > 0; got {temperature!r}")
