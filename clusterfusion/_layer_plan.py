@@ -10,7 +10,8 @@ work, and the only places where CTAs wait for each other:
   contiguous range of the hidden features; the partials meet in the head's owner in rank
   order (the cluster's inbox, as the GEMV kernel does today). Then the rotary
   embedding, the cache append, and attention over positions 0..p: 64-position chunks
-  dealt to the ranks round robin, each rank's running softmax merged in rank order. Last,
+  dealt to the ranks round robin (the kernel deals passes of 256), each rank's running
+  softmax merged in rank order. Last,
   the head's columns of the dense weight, each rank a range of output rows. A head
   leaves a partial sum of every output.
 * **An MLP slice** ``[j0, j1)`` of the intermediate features (one CTA, no wait): rows
@@ -27,7 +28,9 @@ clusters of 8; in clusters of 4 its head CTAs stream 1.37x the mean). The interp
 the kernel will hold a value in it (the normalized inputs, q, k and v after the rotary
 embedding, the attention output, the GELU output, the result) and accumulates in
 float32 (float64 for float64 inputs); the kernel and this interpreter read the same plan,
-so the CPU tests check the decomposition itself against HuggingFace's layer.
+so the CPU tests check the decomposition itself against HuggingFace's layer. Within a
+work item the interpreter's sums need not meet in the kernel's order (its attention
+chunks, where the QKV bias is added): the two agree to rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -70,7 +73,9 @@ def split_by(n: int, wants: list[float], step: int) -> list[range]:
     """[0, n) cut into contiguous ranges in proportion to `wants` (>= 0), at whole
     `step`s (the last may end at n): the boundaries are the running total rounded, so
     no range is off its share by more than one step."""
-    total = sum(wants)
+    total = 0.0
+    for want in wants:  # in order, as the C++ dealing adds them (sum() compensates from Python 3.12 on)
+        total += want
     if total <= 0:
         wants, total = [1.0] * len(wants), float(len(wants))
     bounds, running = [0], 0.0
